@@ -1,0 +1,136 @@
+"""What every divergence shares: the output type, detached log q, and safe log p.
+
+A divergence is a small object with its settings in ``__init__``; calling it with a
+family, a target log density and a particle count returns a :class:`DivergenceOutput`.
+All tensors have shape ``[particles, *batch]``: ``batch`` is empty for one observation, the
+observations for amortised VI, the cells of a minibatch for a VAE. The surrogate ``loss``
+averages over the batch; ``value`` keeps one number per batch element.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+__all__ = [
+    "Divergence",
+    "DivergenceOutput",
+    "LogDensity",
+    "detached_log_prob",
+    "masked_mean",
+    "safe_log_p",
+]
+
+#: A target log density: θ ``[*S, *batch, D]`` → log p̃(θ) ``[*S, *batch]``.
+LogDensity = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class DivergenceOutput:
+    """The result of one evaluation of a divergence.
+
+    Attributes:
+        loss: Scalar surrogate whose gradient is the divergence's gradient estimate.
+        value: The reported objective per batch element, shape ``[*batch]`` (detached);
+            lower is better (e.g. the negative ELBO for rKL).
+        log_w: Log importance weights log p̃(θ) - log q(θ), shape ``[particles, *batch]``
+            (detached); ``-inf`` where the target is not finite.
+        num_invalid: Number of particles whose target log density was NaN or ±inf.
+    """
+
+    loss: Tensor
+    value: Tensor
+    log_w: Tensor
+    num_invalid: int = 0
+
+
+class Divergence(abc.ABC):
+    """Base class: ``divergence(family, log_p, n_particles, context=None) -> DivergenceOutput``.
+
+    Class attributes tell the engine how to arrange a flow: ``direction`` is the pass that
+    should be cheap (``"sample"`` or ``"density"``).
+    """
+
+    #: Registry name (``rKL``, ``fKL``, ``IW``, ``alpha``).
+    name: str = ""
+    direction: str = "sample"
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        family: nn.Module,
+        log_p: LogDensity,
+        n_particles: int,
+        context: Tensor | None = None,
+    ) -> DivergenceOutput:
+        """Evaluate the divergence with ``n_particles`` draws of ``family(context)``."""
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+def detached_log_prob(family: nn.Module, theta: Tensor, context: Tensor | None = None) -> Tensor:
+    """log q(θ) with q's parameters detached: gradients reach θ, not the parameters.
+
+    This is the log density of stick-the-landing and DReG; it re-runs the family with
+    detached parameters (``torch.func.functional_call``) rather than copying the model.
+
+    Raises:
+        ValueError: If the family's tensors are not registered module parameters (user
+            distributions), so they cannot be detached.
+    """
+    params = dict(family.named_parameters())
+    listed = list(family.parameters())
+    if len(listed) != len(params):
+        raise ValueError(
+            "stick_the_landing/dreg need log q with detached parameters, which this "
+            "user-defined `q` cannot provide; use a built-in family or turn them off."
+        )
+    detached = {name: p.detach() for name, p in params.items()}
+    q: Distribution = torch.func.functional_call(family, detached, (context,), strict=False)
+    return q.log_prob(theta)
+
+
+def safe_log_p(log_p: LogDensity, theta: Tensor, sample_ndim: int = 1) -> tuple[Tensor, Tensor]:
+    """Evaluate the target so that invalid particles cannot poison gradients.
+
+    Particles whose log density is NaN or ±inf are replaced (detached) by a valid particle
+    of the same batch element and flagged, so ``torch.where(valid, ..., -inf)`` downstream
+    gives zero weight and zero (not NaN) gradient to them.
+
+    Args:
+        log_p: Target log density.
+        theta: Particles, shape ``[*S, *batch, D]``.
+        sample_ndim: Number of leading sample dims ``len(S)``.
+
+    Returns:
+        ``log_p`` of shape ``[*S, *batch]`` (finite wherever a batch element has a valid
+        particle) and the boolean ``valid`` mask of the same shape.
+    """
+    lp = log_p(theta)
+    valid = torch.isfinite(lp)
+    if bool(valid.all()) or not bool(valid.any()):
+        return lp, valid
+    batch_shape = valid.shape[sample_ndim:]
+    d = theta.shape[-1]
+    flat_valid = valid.reshape(-1, *batch_shape)
+    flat_theta = theta.detach().reshape(-1, *batch_shape, d)
+    first = flat_valid.to(torch.uint8).argmax(0)  # a valid particle per batch element
+    index = first.reshape(1, *batch_shape, 1).expand(1, *batch_shape, d)
+    substitute = flat_theta.gather(0, index)[0]
+    theta_safe = torch.where(valid.unsqueeze(-1), theta, substitute)
+    lp = log_p(theta_safe)
+    return lp, valid & torch.isfinite(lp)
+
+
+def masked_mean(values: Tensor, valid: Tensor, dim: int = 0) -> Tensor:
+    """Mean of ``values`` over ``dim`` counting only ``valid`` entries (NaN-free)."""
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    total = torch.where(valid, values, zero).sum(dim)
+    return total / valid.sum(dim).clamp(min=1)

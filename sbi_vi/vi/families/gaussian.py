@@ -1,0 +1,180 @@
+"""Gaussian families over unconstrained θ: full covariance and diagonal.
+
+Unconditional families hold a location and a (Cholesky) scale as parameters; with a context
+the same quantities come from a small network of the context, so amortised VI only passes
+``x``. Sampling and ``log_prob`` are both one pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution
+from torch.distributions.transforms import Transform, identity_transform
+
+from sbi_vi._checks import check_positive_int
+from sbi_vi.vi.families.base import Family
+
+__all__ = ["DiagonalGaussian", "Gaussian", "GaussianDistribution"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianDistribution(Distribution):
+    r"""N(loc, L Lᵀ) with a lower-triangular ``scale_tril`` L; one-pass sample and density.
+
+    A lean alternative to ``MultivariateNormal`` that implements
+    ``rsample_and_log_prob`` without a triangular solve (``log q`` from the noise ε).
+
+    Args:
+        loc: Mean, shape ``[*batch, D]``.
+        scale_tril: Lower-triangular scale, shape ``[*batch, D, D]``, positive diagonal.
+    """
+
+    has_rsample = True
+    arg_constraints: dict = {}  # noqa: RUF012
+
+    def __init__(self, loc: Tensor, scale_tril: Tensor):
+        self.loc = loc
+        self.scale_tril = scale_tril
+        self._half_log_det = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    def _log_prob_eps(self, eps: Tensor) -> Tensor:
+        d = eps.shape[-1]
+        return -0.5 * (eps.square().sum(-1) + d * _LOG_2PI) - self._half_log_det
+
+    def rsample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        shape = Size(sample_shape) + self.batch_shape + self.event_shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        theta = self.loc + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        return theta, self._log_prob_eps(eps)
+
+    def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        return self.rsample_and_log_prob(sample_shape)[0]
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        diff = (value - self.loc).unsqueeze(-1)
+        tril = self.scale_tril.expand(diff.shape[:-2] + self.scale_tril.shape[-2:])
+        eps = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+        return self._log_prob_eps(eps)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        return self.scale_tril @ self.scale_tril.mT
+
+
+class DiagonalGaussianDistribution(GaussianDistribution):
+    """N(loc, diag(scale²)); element-wise, no matrix products."""
+
+    def __init__(self, loc: Tensor, scale: Tensor):
+        self.loc = loc
+        self.scale = scale
+        self._half_log_det = scale.log().sum(-1)
+        Distribution.__init__(self, loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    def rsample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        shape = Size(sample_shape) + self.batch_shape + self.event_shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * eps, self._log_prob_eps(eps)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._log_prob_eps((value - self.loc) / self.scale)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return torch.diag_embed(self.scale)
+
+
+def _context_net(context_size: int, hidden_features: int, out_features: int) -> nn.Module:
+    net = nn.Sequential(
+        nn.Linear(context_size, hidden_features),
+        nn.ReLU(),
+        nn.Linear(hidden_features, hidden_features),
+        nn.ReLU(),
+        nn.Linear(hidden_features, out_features),
+    )
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
+class Gaussian(Family):
+    """Full-covariance Gaussian family over unconstrained θ (``q='gaussian'``).
+
+    Args:
+        event_size: Dimension ``D`` of θ.
+        link: Bijection from ℝᴰ onto the support.
+        shift: Standardisation location, shape ``[D]``; the family starts at N(shift, scale²).
+        scale: Standardisation scale, shape ``[D]``.
+        context_size: Size ``L`` of a context; if positive, a network of x gives the parameters.
+        hidden_features: Width of the context network.
+
+    Example:
+        >>> q = Gaussian(3)()
+        >>> q.sample((5,)).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(
+        self,
+        event_size: int,
+        link: Transform = identity_transform,
+        shift: Tensor | None = None,
+        scale: Tensor | None = None,
+        *,
+        context_size: int = 0,
+        hidden_features: int = 50,
+    ):
+        super().__init__(event_size, link, shift, scale)
+        d = self.event_size
+        self.context_size = check_positive_int("context_size", context_size, allow_zero=True)
+        self.register_buffer("_tril_index", torch.tril_indices(d, d, offset=-1), persistent=False)
+        n_out = self._n_params()
+        if self.context_size:
+            self.net = _context_net(self.context_size, hidden_features, n_out)
+        else:
+            self.params = nn.Parameter(torch.zeros(n_out))
+
+    def _n_params(self) -> int:
+        d = self.event_size
+        return 2 * d + d * (d - 1) // 2
+
+    def _raw(self, context: Tensor | None) -> Tensor:
+        return self.params if context is None or not self.context_size else self.net(context)
+
+    def base(self, context: Tensor | None = None) -> Distribution:
+        raw = self._raw(context)
+        d = self.event_size
+        loc, log_diag, off = raw[..., :d], raw[..., d : 2 * d], raw[..., 2 * d :]
+        tril = torch.diag_embed(torch.exp(log_diag))
+        if d > 1:
+            i, j = self._tril_index
+            tril[..., i, j] = off
+        return GaussianDistribution(loc, tril)
+
+
+class DiagonalGaussian(Gaussian):
+    """Diagonal Gaussian family over unconstrained θ (``q='gaussian_diag'``).
+
+    Args: as :class:`Gaussian`.
+
+    Example:
+        >>> q = DiagonalGaussian(3)()
+        >>> q.log_prob(torch.zeros(3)).shape
+        torch.Size([])
+    """
+
+    def _n_params(self) -> int:
+        return 2 * self.event_size
+
+    def base(self, context: Tensor | None = None) -> Distribution:
+        raw = self._raw(context)
+        d = self.event_size
+        return DiagonalGaussianDistribution(raw[..., :d], torch.exp(raw[..., d:]))

@@ -1,0 +1,271 @@
+"""The one training loop of sbi_vi, and its stopping rules.
+
+``fit`` takes trainable tensors and a closure returning ``(surrogate, reported)``; it knows
+nothing of posteriors, models or cells, so single-observation VI, amortised VI, SVI and the
+single-cell VAE all train through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sbi_vi._checks import check_positive_float, check_positive_int
+
+__all__ = [
+    "ConvergenceCheck",
+    "FitResult",
+    "NoStopping",
+    "StoppingRule",
+    "fit",
+    "gradient_step",
+    "make_optimizer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a call of :func:`fit` did.
+
+    Attributes:
+        losses: Reported loss of every iteration, shape ``[num_iters]``.
+        num_iters: Iterations run.
+        converged: Whether the stopping rule ended training before ``max_num_iters``.
+        num_skipped: Steps skipped because the loss or a gradient was not finite.
+        seconds: Wall-clock seconds.
+    """
+
+    losses: Tensor
+    num_iters: int
+    converged: bool
+    num_skipped: int
+    seconds: float
+
+
+class StoppingRule:
+    """Decides after each iteration whether training has converged."""
+
+    def update(self, iteration: int, value: float) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget the history (called at the start of every :func:`fit`)."""
+
+
+class NoStopping(StoppingRule):
+    """Never stops early: train for ``max_num_iters``."""
+
+    def update(self, iteration: int, value: float) -> bool:
+        return False
+
+
+@dataclass
+class ConvergenceCheck(StoppingRule):
+    """Stop once the loss has stopped improving beyond its own noise.
+
+    Losses are averaged over consecutive windows of ``window`` iterations. A window improves
+    on the best one so far if its mean is lower by more than ``max(eps, 2 · se)``, ``se`` the
+    standard error of the difference of the two window means. Training stops after
+    ``patience`` windows in a row without improvement, and never before ``min_num_iters``.
+
+    Args:
+        eps: Smallest improvement of the windowed loss (in loss units) that counts.
+        min_num_iters: No stop before this many iterations.
+        window: Iterations per window.
+        patience: Windows without improvement before stopping.
+    """
+
+    eps: float = 1e-5
+    min_num_iters: int = 10
+    window: int = 50
+    patience: int = 2
+    _values: list = field(default_factory=list, repr=False)
+    _best: tuple | None = field(default=None, repr=False)
+    _stale: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        check_positive_float("eps", self.eps, allow_zero=True)
+        check_positive_int("min_num_iters", self.min_num_iters, allow_zero=True)
+        check_positive_int("window", self.window)
+        check_positive_int("patience", self.patience)
+
+    def reset(self) -> None:
+        self._values, self._best, self._stale = [], None, 0
+
+    def update(self, iteration: int, value: float) -> bool:
+        if math.isfinite(value):
+            self._values.append(value)
+        if len(self._values) < self.window:
+            return False
+        chunk = torch.tensor(self._values)
+        self._values = []
+        mean, var = chunk.mean().item(), chunk.var().item() / len(chunk)
+        if self._best is None:
+            self._best = (mean, var)
+            return False
+        best_mean, best_var = self._best
+        threshold = max(self.eps, 2.0 * math.sqrt(best_var + var))
+        if mean < best_mean - threshold:
+            self._best, self._stale = (mean, var), 0
+        else:
+            self._stale += 1
+            if mean < best_mean:
+                self._best = (mean, var)
+        return self._stale >= self.patience and iteration + 1 >= self.min_num_iters
+
+
+def make_optimizer(
+    parameters: Iterable[Tensor],
+    *,
+    learning_rate: float = 1e-3,
+    optimizer: type[torch.optim.Optimizer] | None = None,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    scheduler: type | None = None,
+    scheduler_kwargs: dict[str, Any] | None = None,
+    gamma: float | None = None,
+) -> tuple[torch.optim.Optimizer, Any]:
+    """Build an optimizer (Adam by default) and its learning-rate scheduler.
+
+    Args:
+        parameters: Trainable tensors.
+        learning_rate: Initial learning rate.
+        optimizer: An optimizer class (default ``torch.optim.Adam``).
+        optimizer_kwargs: Extra keyword arguments of the optimizer.
+        scheduler: A scheduler class; by default ``ExponentialLR(gamma)`` if ``gamma`` is
+            given, else a constant learning rate.
+        scheduler_kwargs: Keyword arguments of ``scheduler``.
+        gamma: Per-iteration exponential decay of the default scheduler.
+
+    Returns:
+        ``(optimizer, scheduler_or_None)``.
+    """
+    learning_rate = check_positive_float("learning_rate", learning_rate)
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        raise ValueError("There are no trainable parameters to optimise.")
+    opt_cls = torch.optim.Adam if optimizer is None else optimizer
+    if not (isinstance(opt_cls, type) and issubclass(opt_cls, torch.optim.Optimizer)):
+        raise TypeError(
+            f"`optimizer` must be a torch.optim.Optimizer class (e.g. torch.optim.Adam), got "
+            f"{opt_cls!r}."
+        )
+    opt = opt_cls(params, lr=learning_rate, **(optimizer_kwargs or {}))
+    if scheduler is not None:
+        return opt, scheduler(opt, **(scheduler_kwargs or {}))
+    if gamma is not None:
+        gamma = check_positive_float("gamma", gamma)
+        if gamma > 1:
+            raise ValueError(f"`gamma` must lie in (0, 1], got {gamma}.")
+        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+    return opt, None
+
+
+def gradient_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    clip_value: float | None = None,
+    retain_graph: bool = False,
+) -> bool:
+    """Zero grads, backpropagate, clip, and step unless the loss or a gradient is not finite.
+
+    Returns:
+        Whether the step was taken.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(loss)):
+        return False
+    loss.backward(retain_graph=retain_graph)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if clip_value is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_value)
+        finite = bool(torch.isfinite(norm))
+    else:
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def fit(
+    loss_fn: Callable[[], tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: Any = None,
+    max_num_iters: int = 2000,
+    clip_value: float | None = 10.0,
+    stopping: StoppingRule | None = None,
+    retain_graph: bool = False,
+    show_progress_bar: bool = True,
+    description: str = "Training",
+) -> FitResult:
+    """Minimise ``loss_fn`` with ``optimizer`` until ``stopping`` says so or ``max_num_iters``.
+
+    Args:
+        loss_fn: Closure returning ``(surrogate, reported)``: the surrogate is
+            backpropagated, the reported scalar is recorded and fed to the stopping rule.
+        optimizer: The optimizer over the trainable tensors.
+        scheduler: Learning-rate scheduler stepped once per iteration (or ``None``).
+        max_num_iters: Maximum number of iterations.
+        clip_value: Maximal gradient norm (``None``: no clipping).
+        stopping: Stopping rule (default: never stop early).
+        retain_graph: Passed to ``backward`` (for exotic user distributions).
+        show_progress_bar: Show a tqdm bar.
+        description: Label of the progress bar.
+
+    Returns:
+        A :class:`FitResult` with the loss history.
+
+    Raises:
+        RuntimeError: If every step of the run was skipped as non-finite.
+    """
+    max_num_iters = check_positive_int("max_num_iters", max_num_iters)
+    if clip_value is not None:
+        clip_value = check_positive_float("clip_value", clip_value)
+    stopping = NoStopping() if stopping is None else stopping
+    stopping.reset()
+    losses = torch.empty(max_num_iters)
+    skipped, converged, it = 0, False, 0
+    start = time.perf_counter()
+    bar = tqdm(range(max_num_iters), desc=description, disable=not show_progress_bar, leave=False)
+    for it in bar:
+        surrogate, reported = loss_fn()
+        taken = gradient_step(surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph)
+        skipped += not taken
+        value = float(reported.detach().mean()) if taken else float("nan")
+        losses[it] = value
+        if scheduler is not None:
+            scheduler.step()
+        if show_progress_bar and it % 10 == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+        if stopping.update(it, value):
+            converged = True
+            break
+    bar.close()
+    num_iters = it + 1
+    if skipped == num_iters:
+        raise RuntimeError(
+            f"All {num_iters} optimisation steps had a non-finite loss or gradient; the target "
+            "log density is probably NaN/inf where q puts its mass. Check the potential."
+        )
+    if skipped:
+        logger.warning("Skipped %d of %d steps with a non-finite loss or gradient.", skipped, num_iters)
+    return FitResult(
+        losses=losses[:num_iters],
+        num_iters=num_iters,
+        converged=converged,
+        num_skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )
