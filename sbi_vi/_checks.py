@@ -54,7 +54,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """Check that ``value`` is one of ``choices``."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}."
+        )
     return value
 
 
@@ -65,7 +67,7 @@ def as_tensor(name: str, value: Any, *, dtype: torch.dtype | None = None) -> Ten
     else:
         try:
             out = torch.as_tensor(value)
-        except Exception as err:  # noqa: BLE001 - re-raised with context
+        except Exception as err:
             raise TypeError(
                 f"`{name}` must be a tensor or array-like, got {type(value).__name__}."
             ) from err

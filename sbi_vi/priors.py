@@ -127,10 +127,10 @@ class MultipleIndependent(Distribution):
             dim=-1,
         )
 
-    def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         return self._join([d.sample(sample_shape) for d in self.dists])
 
-    def rsample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         return self._join([d.rsample(sample_shape) for d in self.dists])
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -139,7 +139,9 @@ class MultipleIndependent(Distribution):
     @property
     def support(self) -> constraints.Constraint:
         return _CatSupport(
-            [d.support for d in self.dists], self.sizes, [len(d.event_shape) == 0 for d in self.dists]
+            [d.support for d in self.dists],
+            self.sizes,
+            [len(d.event_shape) == 0 for d in self.dists],
         )
 
     @property
@@ -169,7 +171,9 @@ class _CatSupport(constraints.Constraint):
 
     def check(self, value: Tensor) -> Tensor:
         ok = []
-        for c, v, s in zip(self.parts, torch.split(value, self.sizes, -1), self.scalar, strict=True):
+        for c, v, s in zip(
+            self.parts, torch.split(value, self.sizes, -1), self.scalar, strict=True
+        ):
             r = c.check(v.squeeze(-1) if s else v)
             if r.ndim == v.ndim:  # element-wise check of a vector block
                 r = r.all(-1)
@@ -230,7 +234,9 @@ def process_prior(prior: object) -> Distribution:
         TypeError: If ``prior`` lacks ``sample``/``log_prob``.
         ValueError: If its shapes cannot be read as one ``[D]`` event.
     """
-    if not (callable(getattr(prior, "sample", None)) and callable(getattr(prior, "log_prob", None))):
+    if not (
+        callable(getattr(prior, "sample", None)) and callable(getattr(prior, "log_prob", None))
+    ):
         raise TypeError(
             "`prior` must have `sample(sample_shape)` and `log_prob(theta)` methods (e.g. a torch "
             f"Distribution), got {type(prior).__name__}."
@@ -313,5 +319,8 @@ def theta_transform(prior: object) -> Transform:
 
 
 def link_transform(prior: object) -> Transform:
-    """The bijection from unconstrained space onto the prior's support (``theta_transform.inv``)."""
+    """The bijection from unconstrained space onto the prior's support.
+
+    The inverse of :func:`theta_transform`; the link transform of every family.
+    """
     return theta_transform(prior).inv

@@ -52,7 +52,8 @@ class PSISResult:
     """Result of :func:`psis`.
 
     For a single observation (``log_w`` of shape ``[S]``) the scalar fields are Python
-    floats; for a batch (``log_w`` of shape ``[S, *B]``) they are tensors of shape ``[*B]``.
+    floats; for a batch (``log_w`` of shape ``[S, *B]``) they are float64 tensors of shape
+    ``[*B]`` on the device of ``log_w``. ``log_weights`` keeps the dtype of ``log_w``.
 
     Attributes:
         khat: Pareto shape estimate k̂ per batch element; ``inf`` where too few weights are
@@ -270,13 +271,10 @@ def psis(log_w: Tensor | np.ndarray, *, reff: float = 1.0) -> PSISResult:
             n_particles=n_particles,
         )
 
-    def _batched(x: Tensor) -> Tensor:
-        return x.reshape(batch_shape).to(device=device, dtype=dtype)
-
     return PSISResult(
-        khat=_batched(torch.from_numpy(khat)),
-        ess=_batched(ess),
+        khat=torch.from_numpy(khat).reshape(batch_shape).to(device),
+        ess=ess.reshape(batch_shape).to(device),
         log_weights=log_weights,
-        log_evidence=_batched(log_evidence),
+        log_evidence=log_evidence.reshape(batch_shape).to(device),
         n_particles=n_particles,
     )

@@ -337,13 +337,22 @@ def pairplot(
 
     _label_grid(axes, names, has_upper=upper is not None, has_lower=lower is not None)
     handles = _legend_handles(cols, sample_labels, ref is not None, reference_label, pts.size > 0)
+    fig.subplots_adjust(wspace=0.08, hspace=0.08)
     if handles:
         if k == 1:
             axes[0, 0].legend(handles=handles, fontsize="small")
-        else:
-            loc = "lower left" if lower is None and upper is not None else "upper right"
+        elif upper is not None and lower is not None:  # no blank triangle: legend on top
+            fig.subplots_adjust(top=0.93)
+            fig.legend(
+                handles=handles,
+                loc="upper center",
+                ncol=len(handles),
+                fontsize="small",
+                frameon=False,
+            )
+        else:  # in the blank triangle
+            loc = "lower left" if lower is None else "upper right"
             fig.legend(handles=handles, loc=loc, fontsize="small", frameon=False)
-    fig.subplots_adjust(wspace=0.08, hspace=0.08)
     return fig, axes
 
 

@@ -77,8 +77,9 @@ def plot_khat(
         raise ValueError(f"`labels` must have {values.size} entries, got {len(labels)}.")
     threshold = MAX_KHAT if n_particles is None else khat_threshold(int(n_particles))
 
+    new_figure = ax is None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(1.5 + 0.25 * values.size, 14.0), 3.2))
+        fig, ax = plt.subplots(figsize=(float(np.clip(3.0 + 0.25 * values.size, 5.0, 14.0)), 3.2))
     else:
         fig = ax.figure
     finite = values[np.isfinite(values)]
@@ -107,5 +108,7 @@ def plot_khat(
         ax.set_xticks(positions)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(r"Pareto $\hat{k}$")
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if new_figure:
+        fig.tight_layout()
     return fig, ax

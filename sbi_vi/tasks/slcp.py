@@ -35,12 +35,14 @@ def _cholesky_2x2(theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Entries ``(l11, l21, l22)`` of the Cholesky factor of ``S`` and ``log det S``.
 
     ``det S = s1² s2² (1 - ρ²) + ε (s1² + s2²) + ε²`` is formed without cancellation, with
-    ``1 - ρ² = 1 / cosh²(θ5)``; it is at least ``ε² > 0``, so nothing is NaN.
+    ``1 - ρ² = 1 / cosh²(θ5) = 4 e / (1 + e)²``, ``e = exp(-2|θ5|)`` (no overflow); it is at
+    least ``ε² > 0``, so neither values nor gradients are NaN.
     """
     var1 = theta[..., 2] ** 4
     var2 = theta[..., 3] ** 4
     rho = torch.tanh(theta[..., 4])
-    one_minus_rho2 = torch.cosh(theta[..., 4]).reciprocal().square()
+    decay = torch.exp(-2 * theta[..., 4].abs())
+    one_minus_rho2 = 4 * decay / (1 + decay).square()
     s11 = var1 + _JITTER
     s12 = rho * theta[..., 2].square() * theta[..., 3].square()
     det = var1 * var2 * one_minus_rho2 + _JITTER * (var1 + var2) + _JITTER**2

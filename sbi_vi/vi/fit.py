@@ -71,56 +71,60 @@ class NoStopping(StoppingRule):
 
 @dataclass
 class ConvergenceCheck(StoppingRule):
-    """Stop once the loss has stopped improving beyond its own noise.
+    """Stop once the loss is no longer expected to improve.
 
-    Losses are averaged over consecutive windows of ``window`` iterations. A window improves
-    on the best one so far if its mean is lower by more than ``max(eps, 2 · se)``, ``se`` the
-    standard error of the difference of the two window means. Training stops after
-    ``patience`` windows in a row without improvement, and never before ``min_num_iters``.
+    Every ``window`` iterations a straight line is fitted to the last ``horizon`` losses;
+    its slope projects the improvement over the next ``horizon`` iterations. Training stops
+    after ``patience`` checks in a row project an improvement below ``eps``, and never
+    before ``min_num_iters``. Fitting a line averages out the particle noise of each loss,
+    so a slowly but steadily improving fit keeps training while a flat one stops.
 
     Args:
-        eps: Smallest improvement of the windowed loss (in loss units) that counts.
+        eps: Smallest projected improvement (in loss units, e.g. nats of KL) over the next
+            ``horizon`` iterations that is worth training for.
         min_num_iters: No stop before this many iterations.
-        window: Iterations per window.
-        patience: Windows without improvement before stopping.
+        window: Iterations between two checks.
+        horizon: Number of recent losses in the fit, and the projection horizon.
+        patience: Consecutive flat checks before stopping.
     """
 
-    eps: float = 1e-5
+    eps: float = 1e-3
     min_num_iters: int = 10
     window: int = 50
+    horizon: int = 200
     patience: int = 2
     _values: list = field(default_factory=list, repr=False)
-    _best: tuple | None = field(default=None, repr=False)
     _stale: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         check_positive_float("eps", self.eps, allow_zero=True)
         check_positive_int("min_num_iters", self.min_num_iters, allow_zero=True)
         check_positive_int("window", self.window)
+        check_positive_int("horizon", self.horizon)
         check_positive_int("patience", self.patience)
 
     def reset(self) -> None:
-        self._values, self._best, self._stale = [], None, 0
+        self._values, self._stale = [], 0
+
+    def projected_improvement(self) -> float:
+        """Loss decrease over the next ``horizon`` iterations projected by the fitted line."""
+        y = torch.tensor(self._values[-self.horizon :], dtype=torch.float64)
+        t = torch.arange(len(y), dtype=torch.float64)
+        t = t - t.mean()
+        slope = float((t * (y - y.mean())).sum() / t.square().sum())
+        return -slope * self.horizon
 
     def update(self, iteration: int, value: float) -> bool:
         if math.isfinite(value):
             self._values.append(value)
-        if len(self._values) < self.window:
+            if len(self._values) > self.horizon:
+                del self._values[0]
+        if (iteration + 1) % self.window or len(self._values) < self.horizon // 2:
             return False
-        chunk = torch.tensor(self._values)
-        self._values = []
-        mean, var = chunk.mean().item(), chunk.var().item() / len(chunk)
-        if self._best is None:
-            self._best = (mean, var)
-            return False
-        best_mean, best_var = self._best
-        threshold = max(self.eps, 2.0 * math.sqrt(best_var + var))
-        if mean < best_mean - threshold:
-            self._best, self._stale = (mean, var), 0
-        else:
+        if self.projected_improvement() < self.eps:
             self._stale += 1
-            if mean < best_mean:
-                self._best = (mean, var)
+        else:
+            self._stale = 0
         return self._stale >= self.patience and iteration + 1 >= self.min_num_iters
 
 
@@ -242,7 +246,9 @@ def fit(
     bar = tqdm(range(max_num_iters), desc=description, disable=not show_progress_bar, leave=False)
     for it in bar:
         surrogate, reported = loss_fn()
-        taken = gradient_step(surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph)
+        taken = gradient_step(
+            surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph
+        )
         skipped += not taken
         value = float(reported.detach().mean()) if taken else float("nan")
         losses[it] = value
@@ -261,7 +267,9 @@ def fit(
             "log density is probably NaN/inf where q puts its mass. Check the potential."
         )
     if skipped:
-        logger.warning("Skipped %d of %d steps with a non-finite loss or gradient.", skipped, num_iters)
+        logger.warning(
+            "Skipped %d of %d steps with a non-finite loss or gradient.", skipped, num_iters
+        )
     return FitResult(
         losses=losses[:num_iters],
         num_iters=num_iters,

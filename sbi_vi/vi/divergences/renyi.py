@@ -127,10 +127,12 @@ class RenyiAlpha(Divergence):
 
     name = "alpha"
 
-    def __init__(
-        self, *, alpha: float = 0.5, stick_the_landing: bool = False, dreg: bool = False
-    ):
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+    def __init__(self, *, alpha: float = 0.5, stick_the_landing: bool = False, dreg: bool = False):
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float)
+            or not math.isfinite(alpha)
+        ):
             raise TypeError(f"`alpha` must be a finite number, got {alpha!r}.")
         if alpha == 1.0:
             raise ValueError("`alpha` must differ from 1 (alpha = 1 is the ELBO: use 'rKL').")

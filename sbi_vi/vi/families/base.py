@@ -21,7 +21,9 @@ from torch.distributions.transforms import Transform, identity_transform
 __all__ = ["Family", "LinkedDistribution", "rsample_and_log_prob"]
 
 
-def rsample_and_log_prob(q: Distribution, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
+def rsample_and_log_prob(
+    q: Distribution, sample_shape: Size | tuple = ()
+) -> tuple[Tensor, Tensor]:
     """Draw reparametrised samples of ``q`` and their log densities in one pass if possible.
 
     Args:
@@ -144,5 +146,9 @@ class Family(nn.Module, abc.ABC):
         from torch.distributions.transforms import AffineTransform, ComposeTransform
 
         affine = AffineTransform(self.shift, self.scale, event_dim=1)
-        link = ComposeTransform([affine, self.link]) if self.link is not identity_transform else affine
+        link = (
+            ComposeTransform([affine, self.link])
+            if self.link is not identity_transform
+            else affine
+        )
         return LinkedDistribution(self.base(context), link)

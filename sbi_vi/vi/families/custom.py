@@ -57,7 +57,7 @@ class _UserTensors:
             unique.setdefault(id(t), t)
         self._user_tensors = list(unique.values())
 
-    def parameters(self, recurse: bool = True):  # noqa: ARG002 - nn.Module signature
+    def parameters(self, recurse: bool = True):
         yield from self._user_tensors
 
 

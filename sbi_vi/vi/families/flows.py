@@ -40,7 +40,8 @@ class FlowFamily(Family):
     """A zuko normalizing flow over unconstrained θ, pushed onto the prior's support.
 
     Args:
-        flow: Name of a zuko flow: ``maf``, ``nsf``, ``naf``, ``unaf``, ``nice``, ``sospf``, ``gf``.
+        flow: Name of a zuko flow: ``maf``, ``nsf``, ``naf``, ``unaf``, ``nice``, ``sospf``,
+            ``gf``.
         event_size: Dimension ``D`` of θ.
         link: Bijection from ℝᴰ onto the support.
         shift: Standardisation location in unconstrained space, shape ``[D]``.
@@ -96,4 +97,6 @@ class FlowFamily(Family):
         return self.flow(context)
 
     def extra_repr(self) -> str:
-        return f"flow={self.flow_name!r}, event_size={self.event_size}, direction={self.direction!r}"
+        return (
+            f"flow={self.flow_name!r}, event_size={self.event_size}, direction={self.direction!r}"
+        )

@@ -108,6 +108,11 @@ def _context_net(context_size: int, hidden_features: int, out_features: int) -> 
 class Gaussian(Family):
     """Full-covariance Gaussian family over unconstrained θ (``q='gaussian'``).
 
+    The raw parameters are multiplied by :attr:`parameter_scale` (10): Adam moves every
+    parameter by about one learning rate per step, so with the defaults (lr 1e-3, decay
+    0.999) an unscaled location could travel at most about one prior standard deviation
+    in total. A flow spreads its moves over many weights; a Gaussian has one per quantity.
+
     Args:
         event_size: Dimension ``D`` of θ.
         link: Bijection from ℝᴰ onto the support.
@@ -121,6 +126,8 @@ class Gaussian(Family):
         >>> q.sample((5,)).shape
         torch.Size([5, 3])
     """
+
+    parameter_scale: float = 10.0
 
     def __init__(
         self,
@@ -147,7 +154,9 @@ class Gaussian(Family):
         return 2 * d + d * (d - 1) // 2
 
     def _raw(self, context: Tensor | None) -> Tensor:
-        return self.params if context is None or not self.context_size else self.net(context)
+        if context is None or not self.context_size:
+            return self.params * self.parameter_scale
+        return self.net(context)
 
     def base(self, context: Tensor | None = None) -> Distribution:
         raw = self._raw(context)

@@ -1,0 +1,5 @@
+"""Posteriors with the sbi API."""
+
+from sbi_vi.posteriors.vi_posterior import VIPosterior
+
+__all__ = ["VIPosterior"]

@@ -1,0 +1,58 @@
+"""Quality control of a trained q against its potential (PSIS k-hat or proportionality)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from sbi_vi.diagnostics import prop_metric, psis
+from sbi_vi.vi.families.base import rsample_and_log_prob
+
+__all__ = ["evaluate_quality", "importance_log_weights", "is_reliable", "summarise"]
+
+
+def importance_log_weights(
+    family: nn.Module,
+    log_p: Callable[[Tensor], Tensor],
+    num_samples: int,
+    context: Tensor | None = None,
+    chunk_size: int = 10_000,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw ``num_samples`` θ ~ q and return ``(theta, log_p, log_q)``, without gradients."""
+    thetas, lps, lqs = [], [], []
+    with torch.no_grad():
+        q = family(context)
+        remaining = num_samples
+        while remaining > 0:
+            n = min(chunk_size, remaining)
+            theta, lq = rsample_and_log_prob(q, (n,))
+            thetas.append(theta)
+            lqs.append(lq)
+            lps.append(log_p(theta))
+            remaining -= n
+    return torch.cat(thetas), torch.cat(lps), torch.cat(lqs)
+
+
+def evaluate_quality(
+    family: nn.Module, log_p: Callable[[Tensor], Tensor], metric: str, num_samples: int
+):
+    """PSIS (``psis``) or proportionality (``prop``) diagnostic of ``family()`` vs ``log_p``."""
+    _, lp, lq = importance_log_weights(family, log_p, num_samples)
+    if metric == "psis":
+        return psis(lp - lq)
+    return prop_metric(lp, lq)
+
+
+def is_reliable(result: object) -> bool:
+    """Whether a PSIS or prop result says q can be trusted (every batch element)."""
+    flag = result.reliable if hasattr(result, "reliable") else result.good
+    return bool(flag.all()) if isinstance(flag, Tensor) else bool(flag)
+
+
+def summarise(result: object) -> str:
+    """One line describing a PSIS or prop result."""
+    if hasattr(result, "khat"):
+        return f"PSIS k-hat = {float(result.khat):.3f}, ESS = {float(result.ess):.0f}."
+    return f"prop = {float(result.value):.3f} ({result.interpretation})."

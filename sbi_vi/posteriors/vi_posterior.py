@@ -1,0 +1,591 @@
+"""``VIPosterior``: the sbi API over the engine's composed parts.
+
+The class wires a potential, a family, a divergence and the fit loop together; each of
+those is a separate object that can be used on its own (see :mod:`sbi_vi.vi`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Size, Tensor
+from torch.distributions import Distribution
+from torch.distributions.transforms import Transform
+
+from sbi_vi._checks import (
+    as_tensor,
+    check_choice,
+    check_positive_int,
+    check_unknown_kwargs,
+)
+from sbi_vi.errors import NotTrainedError, QualityWarning
+from sbi_vi.posteriors.map import gradient_ascent
+from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
+from sbi_vi.posteriors.setup import (
+    event_size_of,
+    make_family,
+    resolve_potential,
+    resolve_prior,
+    resolve_transform,
+)
+from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
+from sbi_vi.vi.families import FAMILY_NAMES, Family
+from sbi_vi.vi.fit import ConvergenceCheck, FitResult, fit, make_optimizer
+
+__all__ = ["VIPosterior"]
+
+logger = logging.getLogger(__name__)
+
+QType = Literal["maf", "nsf", "naf", "unaf", "nice", "sospf", "gf", "gaussian", "gaussian_diag"]
+_TRAIN_KWARGS = (
+    "eps",
+    "retain_graph",
+    "optimizer",
+    "scheduler",
+    "alpha",
+    "K",
+    "stick_the_landing",
+    "dreg",
+    "weight_transform",
+    "seed",
+)
+_DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
+
+
+class VIPosterior:
+    r"""A variational posterior q(θ) ≈ p(θ | x_o), trained by minimising a divergence.
+
+    Args:
+        potential_fn: The unnormalised log posterior: a potential of
+            :mod:`sbi_vi.potentials` or a function ``(theta [*, D], x_o [N, L]) -> [*]``.
+        prior: The prior (default: the potential's).
+        q: A family name (``maf``, ``nsf``, ``naf``, ``unaf``, ``nice``, ``sospf``, ``gf``,
+            ``gaussian``, ``gaussian_diag``), a ``Distribution`` over unconstrained θ, a
+            callable ``(event_shape, link_transform, device) -> Distribution``, or another
+            ``VIPosterior`` (its q is copied).
+        theta_transform: Map from the prior's support to unconstrained space (default: from
+            the prior's support).
+        vi_method: ``rKL``, ``fKL``, ``IW`` or ``alpha``.
+        device: Device of q and of the samples.
+        x_shape: Shape of one observation; observations are checked against it.
+        parameters: Trainable tensors of a user ``q``.
+        modules: Modules of a user ``q``.
+        num_transforms: Transforms of a flow family.
+        hidden_features: Hidden width of a flow family.
+        z_score_theta: Standardise θ in unconstrained space (``none``, ``independent``,
+            ``structured``).
+        z_score_x: Standardisation of x for amortised VI (kept for ``train_amortized``).
+
+    Example:
+        >>> from torch.distributions import MultivariateNormal
+        >>> prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+        >>> def potential(theta, x_o):
+        ...     return prior.log_prob(theta) - 0.5 * ((theta - x_o) ** 2).sum(-1) / 0.1
+        >>> posterior = VIPosterior(potential, prior, q="gaussian")
+        >>> _ = posterior.set_default_x(torch.ones(1, 2)).train(show_progress_bar=False)
+        >>> posterior.sample((1000,)).mean(0).round(decimals=1)
+        tensor([0.9000, 0.9000])
+    """
+
+    def __init__(
+        self,
+        potential_fn: object,
+        prior: Distribution | None = None,
+        q: QType | Distribution | VIPosterior | Callable = "maf",
+        theta_transform: Transform | None = None,
+        vi_method: Literal["rKL", "fKL", "IW", "alpha"] = "rKL",
+        device: str = "cpu",
+        x_shape: Size | None = None,
+        parameters: Iterable | None = None,
+        modules: Iterable | None = None,
+        num_transforms: int = 5,
+        hidden_features: int = 50,
+        z_score_theta: Literal["none", "independent", "structured"] = "independent",
+        z_score_x: Literal["none", "independent", "structured"] = "independent",
+    ):
+        self._device = str(device)
+        self.potential_fn = resolve_potential(potential_fn, prior)
+        self.potential_fn.to(self._device)
+        self.prior = resolve_prior(prior, self.potential_fn)
+        self.theta_transform = resolve_transform(self.prior, theta_transform)
+        self._x_shape = None if x_shape is None else Size(x_shape)
+        self._num_transforms = check_positive_int("num_transforms", num_transforms)
+        self._hidden_features = check_positive_int("hidden_features", hidden_features)
+        choices = ("none", "independent", "structured")
+        self._z_score_theta = check_choice("z_score_theta", z_score_theta, choices)
+        self._z_score_x = check_choice("z_score_x", z_score_x, choices)
+        self._x: Tensor | None = None
+        self._trained_on: Tensor | None = None
+        self._map_cache: dict[bytes, Tensor] = {}
+        self._optimizer: Any = None
+        self._scheduler: Any = None
+        self._optimizer_key: tuple | None = None
+        self.history: list[FitResult] = []
+        self.set_vi_method(vi_method)
+        self.set_q(q, parameters=parameters, modules=modules)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def q(self) -> Distribution:
+        """The variational distribution q(θ) (a fresh distribution over the support)."""
+        return self._family()
+
+    @property
+    def family(self) -> Family:
+        """The trainable family module behind :attr:`q`."""
+        return self._family
+
+    def set_q(
+        self,
+        q: QType | Distribution | VIPosterior | Callable | Family,
+        parameters: Iterable | None = None,
+        modules: Iterable | None = None,
+    ) -> None:
+        """Define the variational family (see the constructor's ``q``); resets training."""
+        self._q_arg = q
+        if isinstance(q, VIPosterior):
+            self._family = copy.deepcopy(q._family).to(self._device)
+        else:
+            if isinstance(q, str) and q not in FAMILY_NAMES:
+                raise ValueError(
+                    f"`q` must be one of {', '.join(map(repr, FAMILY_NAMES))}, a Distribution, "
+                    f"a VIPosterior or a callable; got {q!r}."
+                )
+            self._family = make_family(
+                q,
+                prior=self.prior,
+                transform=self.theta_transform,
+                z_score_theta=self._z_score_theta,
+                num_transforms=self._num_transforms,
+                hidden_features=self._hidden_features,
+                direction=self._direction,
+                parameters=parameters,
+                modules=modules,
+                device=self._device,
+            )
+        self._q_params = (parameters, modules)
+        self._trained_on = None
+        self._map_cache.clear()
+        self._optimizer = None
+
+    def set_vi_method(self, method: Literal["rKL", "fKL", "IW", "alpha"]) -> VIPosterior:
+        """Set the divergence (``rKL``, ``fKL``, ``IW``, ``alpha``); chainable.
+
+        A flow family built later is arranged for the method's fast direction; the current
+        family is kept (both directions support every method).
+        """
+        if method not in DIVERGENCES:
+            raise ValueError(
+                f"`vi_method` must be one of {', '.join(map(repr, DIVERGENCES))}; got {method!r}."
+            )
+        self._vi_method = method
+        self._direction = "density" if method == "fKL" else "sample"
+        self._optimizer = None
+        return self
+
+    @property
+    def vi_method(self) -> str:
+        return self._vi_method
+
+    @property
+    def default_x(self) -> Tensor | None:
+        """The observation used when ``x`` is not passed."""
+        return self._x
+
+    def set_default_x(self, x: Tensor) -> VIPosterior:
+        """Set the default observation (``[L]`` or ``[N, L]`` iid rows); chainable."""
+        self._x = self._check_x(x)
+        return self
+
+    def to(self, device: str | torch.device) -> VIPosterior:
+        """Move q, the potential's observation and the cached results to ``device``."""
+        self._device = str(device)
+        self._family.to(device)
+        self.potential_fn.to(device)
+        if self._x is not None:
+            self._x = self._x.to(device)
+        if self._trained_on is not None:
+            self._trained_on = self._trained_on.to(device)
+        self._map_cache = {k: v.to(device) for k, v in self._map_cache.items()}
+        self._optimizer = None
+        return self
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        x: Tensor | None = None,
+        n_particles: int = 256,
+        learning_rate: float = 1e-3,
+        gamma: float = 0.999,
+        max_num_iters: int = 2000,
+        min_num_iters: int = 10,
+        clip_value: float = 10.0,
+        warm_up_rounds: int = 100,
+        retrain_from_scratch: bool = False,
+        reset_optimizer: bool = False,
+        show_progress_bar: bool = True,
+        check_for_convergence: bool = True,
+        quality_control: bool = True,
+        quality_control_metric: Literal["psis", "prop"] = "psis",
+        **kwargs: Any,
+    ) -> VIPosterior:
+        """Fit q to the posterior of one observation.
+
+        Args:
+            x: The observation (default: :attr:`default_x`), ``[L]`` or ``[N, L]`` iid rows.
+            n_particles: Particles per step (for ``IW``: bounds of ``K`` particles each).
+            learning_rate: Initial learning rate.
+            gamma: Exponential learning-rate decay per iteration.
+            max_num_iters: Maximum iterations.
+            min_num_iters: No convergence stop before this many iterations.
+            clip_value: Gradient-norm clipping.
+            warm_up_rounds: Iterations fitting q to the prior before the first training.
+            retrain_from_scratch: Rebuild q before training.
+            reset_optimizer: Start a fresh optimizer (and scheduler).
+            show_progress_bar: Show a tqdm bar.
+            check_for_convergence: Stop when the loss stops improving (else run all iters).
+            quality_control: Evaluate q afterwards and warn if it should not be trusted.
+            quality_control_metric: ``psis`` or ``prop``.
+            **kwargs: ``eps`` (default 1e-3: training stops once the loss is projected to
+                improve by less than this over the next 200 iterations), ``retain_graph``,
+                ``optimizer`` (class), ``scheduler`` (class or ``(class, kwargs)``),
+                ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``
+                (divergence settings), ``seed``.
+
+        Returns:
+            ``self``, for chaining.
+
+        Raises:
+            ValueError: On invalid hyper-parameters or a missing observation.
+            TypeError: On unknown keyword arguments.
+        """
+        check_unknown_kwargs("VIPosterior.train()", kwargs, _TRAIN_KWARGS)
+        n_particles = check_positive_int("n_particles", n_particles)
+        max_num_iters = check_positive_int("max_num_iters", max_num_iters)
+        min_num_iters = check_positive_int("min_num_iters", min_num_iters, allow_zero=True)
+        warm_up_rounds = check_positive_int("warm_up_rounds", warm_up_rounds, allow_zero=True)
+        check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
+        if kwargs.get("seed") is not None:
+            torch.manual_seed(int(kwargs["seed"]))
+        x = self._resolve_x(x)
+        divergence = build_divergence(
+            self._vi_method, **{k: v for k, v in kwargs.items() if k in _DIVERGENCE_KWARGS}
+        )
+        if retrain_from_scratch:
+            self.set_q(self._q_arg, *self._q_params)
+        first_fit = self._trained_on is None
+        self.potential_fn.set_x(x)
+        if first_fit and warm_up_rounds > 0:
+            self._warm_up(warm_up_rounds, n_particles, learning_rate, clip_value)
+        self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
+        stopping = (
+            ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
+            if check_for_convergence
+            else None
+        )
+        result = fit(
+            self._loss_closure(divergence, self.potential_fn, n_particles),
+            self._optimizer,
+            scheduler=self._scheduler,
+            max_num_iters=max_num_iters,
+            clip_value=clip_value,
+            stopping=stopping,
+            retain_graph=bool(kwargs.get("retain_graph", False)),
+            show_progress_bar=show_progress_bar,
+            description=f"VI ({self._vi_method})",
+        )
+        self.history.append(result)
+        self._trained_on = x
+        self._map_cache.clear()
+        if self._x is None:
+            self._x = x
+        if quality_control:
+            self._quality_control(quality_control_metric)
+        return self
+
+    def _loss_closure(
+        self, divergence: Divergence, log_p: Callable[[Tensor], Tensor], n_particles: int
+    ) -> Callable[[], tuple[Tensor, Tensor]]:
+        family = self._family
+
+        def closure() -> tuple[Tensor, Tensor]:
+            out = divergence(family, log_p, n_particles)
+            return out.loss, out.value
+
+        return closure
+
+    def _warm_up(self, rounds: int, n_particles: int, learning_rate: float, clip: float) -> None:
+        """Fit q to the prior (reverse KL, one-pass sampling) for ``rounds`` iterations."""
+        from sbi_vi.potentials.base import log_prior_or_zero
+
+        optimizer, _ = make_optimizer(self._family.parameters(), learning_rate=learning_rate)
+        fit(
+            self._loss_closure(
+                build_divergence("rKL"),
+                lambda theta: log_prior_or_zero(self.prior, theta),
+                n_particles,
+            ),
+            optimizer,
+            max_num_iters=rounds,
+            clip_value=clip,
+            show_progress_bar=False,
+        )
+
+    def _prepare_optimizer(
+        self, learning_rate: float, gamma: float, kwargs: dict, reset: bool
+    ) -> None:
+        scheduler = kwargs.get("scheduler")
+        scheduler_cls, scheduler_kwargs = (
+            scheduler if isinstance(scheduler, tuple) else (scheduler, None)
+        )
+        key = (learning_rate, gamma, kwargs.get("optimizer"), scheduler_cls)
+        if self._optimizer is None or reset or key != self._optimizer_key:
+            self._optimizer, self._scheduler = make_optimizer(
+                self._family.parameters(),
+                learning_rate=learning_rate,
+                optimizer=kwargs.get("optimizer"),
+                scheduler=scheduler_cls,
+                scheduler_kwargs=scheduler_kwargs,
+                gamma=gamma,
+            )
+            self._optimizer_key = key
+
+    def _quality_control(self, metric: str) -> None:
+        result = self.evaluate(metric, N=10_000)
+        if not is_reliable(result):
+            warnings.warn(
+                f"Quality control ({metric}): {summarise(result)} The variational posterior "
+                "may be inaccurate: train longer, use a more flexible q (e.g. 'nsf'), more "
+                "particles, or vi_method='fKL'/'IW' for a mass-covering fit.",
+                QualityWarning,
+                stacklevel=3,
+            )
+        else:
+            logger.info("Quality control (%s): %s", metric, summarise(result))
+
+    def train_amortized(self, *args: Any, **kwargs: Any) -> VIPosterior:
+        """Amortised training of q(θ | x) — not available in this release."""
+        raise NotImplementedError(
+            "VIPosterior.train_amortized() is not implemented yet; use train(x_o) for one "
+            "observation."
+        )
+
+    # ------------------------------------------------------------------ using q
+    def sample(
+        self,
+        sample_shape: Size | tuple[int, ...] = (),
+        x: Tensor | None = None,
+        show_progress_bars: bool = True,
+    ) -> Tensor:
+        """Draw θ ~ q, shape ``[*sample_shape, D]``.
+
+        Args:
+            sample_shape: Leading shape of the samples.
+            x: Must be the trained observation (or ``None``).
+            show_progress_bars: Unused (sampling is one pass).
+
+        Raises:
+            NotTrainedError: If q has not been trained.
+            ValueError: If ``x`` is not the observation q was trained on.
+        """
+        del show_progress_bars
+        self._check_trained_for(x)
+        with torch.no_grad():
+            return self.q.sample(Size(sample_shape))
+
+    def sample_batched(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Sampling for a batch of observations needs amortised training (not available yet)."""
+        raise NotImplementedError(
+            "sample_batched() needs an amortised posterior (train_amortized), which is not "
+            "implemented yet; q trained with train(x_o) serves only x_o."
+        )
+
+    def log_prob(
+        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
+    ) -> Tensor:
+        """log q(θ) for θ of shape ``[D]`` or ``[N, D]`` (returns ``[]`` or ``[N]``).
+
+        Raises:
+            ValueError: Wrong θ shape, θ outside the prior's support, or x not the trained x.
+        """
+        self._check_trained_for(x)
+        theta = self._check_theta(theta)
+        with torch.set_grad_enabled(track_gradients):
+            return self.q.log_prob(theta)
+
+    def potential(
+        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
+    ) -> Tensor:
+        """The unnormalised log posterior log p̃(θ | x) (default x: :attr:`default_x`)."""
+        theta = self._check_theta(theta)
+        self.potential_fn.set_x(self._resolve_x(x))
+        return self.potential_fn(theta, track_gradients=track_gradients)
+
+    def map(
+        self,
+        x: Tensor | None = None,
+        num_iter: int = 1000,
+        num_to_optimize: int = 100,
+        learning_rate: float = 0.01,
+        init_method: Literal["proposal", "posterior", "prior"] | Tensor = "proposal",
+        num_init_samples: int = 10_000,
+        save_best_every: int = 10,
+        show_progress_bars: bool = False,
+        force_update: bool = False,
+    ) -> Tensor:
+        """The maximum a posteriori θ (gradient ascent on the potential), cached per x.
+
+        Starts from the ``num_to_optimize`` best of ``num_init_samples`` draws from q
+        (``proposal``/``posterior``) or the prior, or from a given tensor ``[N, D]``.
+
+        Returns:
+            The MAP, shape ``[D]``.
+        """
+        x = self._resolve_x(x)
+        key = x.detach().cpu().numpy().tobytes()
+        if key in self._map_cache and not force_update:
+            return self._map_cache[key]
+        if isinstance(init_method, Tensor):
+            inits = self._check_theta(init_method)
+        elif init_method in ("proposal", "posterior"):
+            if self._trained_on is None or not torch.equal(self._trained_on, x):
+                raise NotTrainedError(
+                    f"init_method={init_method!r} needs q trained on this x; call train(x) "
+                    "first or use init_method='prior'."
+                )
+            inits = self.sample((check_positive_int("num_init_samples", num_init_samples),))
+        elif init_method == "prior":
+            n = check_positive_int("num_init_samples", num_init_samples)
+            inits = self.prior.sample((n,)).to(self._device)
+        else:
+            raise ValueError(
+                "`init_method` must be 'proposal', 'posterior', 'prior' or a tensor of initial "
+                f"points; got {init_method!r}."
+            )
+        self.potential_fn.set_x(x)
+        theta, _ = gradient_ascent(
+            lambda t: self.potential_fn(t, track_gradients=True),
+            inits,
+            self.theta_transform,
+            num_iter=num_iter,
+            num_to_optimize=num_to_optimize,
+            learning_rate=learning_rate,
+            save_best_every=save_best_every,
+            show_progress_bar=show_progress_bars,
+        )
+        self._map_cache[key] = theta
+        return theta
+
+    def evaluate(
+        self, quality_control_metric: Literal["psis", "prop"] = "psis", N: int = 50_000
+    ) -> Any:
+        """Diagnose q against the potential with ``N`` draws.
+
+        ``psis``: Pareto k-hat of the importance weights p̃/q (≤ 0.5 good, ≤ 0.7 usable,
+        > 0.7 unreliable). ``prop``: whether log q is proportional to log p̃.
+
+        Returns:
+            A :class:`~sbi_vi.diagnostics.PSISResult` (``khat``, ``ess``, ``reliable``) or a
+            :class:`~sbi_vi.diagnostics.PropResult` (``value``, ``good``).
+        """
+        check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
+        N = check_positive_int("N", N)
+        self._check_trained_for(None)
+        self.potential_fn.set_x(self._trained_on)
+        return evaluate_quality(self._family, self.potential_fn, quality_control_metric, N)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Save the whole posterior (q, potential, prior, optimizer state) to ``path``."""
+        try:
+            torch.save(self, Path(path))
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise TypeError(
+                "The posterior cannot be pickled, most likely because `potential_fn` is a "
+                "lambda or a local function; define it at module level. Original error: "
+                f"{err}"
+            ) from err
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | None = None) -> VIPosterior:
+        """Load a posterior written by :meth:`save`."""
+        obj = torch.load(Path(path), map_location=map_location, weights_only=False)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}.")
+        return obj
+
+    def __repr__(self) -> str:
+        trained = "untrained" if self._trained_on is None else "trained on one observation x_o"
+        name = self._q_arg if isinstance(self._q_arg, str) else type(self._family).__name__
+        return (
+            f"VIPosterior(q={name!r}, vi_method={self._vi_method!r}, "
+            f"dim={event_size_of(self.prior)}, {trained})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _check_x(self, x: Tensor) -> Tensor:
+        x = as_tensor("x", x).to(self._device)
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        if x.ndim < 2:
+            raise ValueError(f"`x` must have shape [L] or [N, L]; got {tuple(x.shape)}.")
+        if self._x_shape is not None:
+            expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
+            if x.shape[1:] != expected:
+                raise ValueError(
+                    f"`x` must have trailing shape {tuple(expected)} (x_shape="
+                    f"{tuple(self._x_shape)}); got {tuple(x.shape)}."
+                )
+        elif self._x is not None and x.shape[1:] != self._x.shape[1:]:
+            raise ValueError(
+                f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
+                f"{tuple(self._x.shape[1:])}."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("`x` must be finite; it holds NaN or inf entries.")
+        return x
+
+    def _resolve_x(self, x: Tensor | None) -> Tensor:
+        if x is not None:
+            return self._check_x(x)
+        if self._x is None:
+            raise ValueError("No observation: pass `x=` or call `set_default_x(x_o)` first.")
+        return self._x
+
+    def _check_trained_for(self, x: Tensor | None) -> None:
+        if self._trained_on is None:
+            raise NotTrainedError("q is not trained yet: call `train(x_o)` first.")
+        if x is not None:
+            x = self._check_x(x)
+            if x.shape != self._trained_on.shape or not torch.allclose(x, self._trained_on):
+                raise ValueError(
+                    "This q was trained for another observation: it is q(θ) for x_o, not "
+                    "q(θ | x). Call train(x) for the new x (or pass x=None)."
+                )
+
+    def _check_theta(self, theta: Tensor) -> Tensor:
+        theta = as_tensor("theta", theta).to(self._device)
+        d = event_size_of(self.prior)
+        if theta.ndim == 0 or theta.shape[-1] != d:
+            raise ValueError(
+                f"`theta` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
+            )
+        support = getattr(self.prior, "support", None)
+        if support is not None:
+            inside = support.check(theta)
+            if inside.ndim == theta.ndim:
+                inside = inside.all(-1)
+            if not bool(inside.all()):
+                n_out = int((~inside).sum())
+                raise ValueError(
+                    f"`theta` has {n_out} row(s) outside the prior's support, where the "
+                    "posterior is zero."
+                )
+        return theta

@@ -1,0 +1,88 @@
+"""Likelihood-based potentials: log p(x_o | θ) + log p(θ)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions.transforms import Transform
+
+from sbi_vi.potentials.base import (
+    BasePotential,
+    _iid_broadcast,
+    log_prior_or_zero,
+    mask_outside,
+)
+from sbi_vi.priors import process_prior, theta_transform
+
+__all__ = ["LikelihoodBasedPotential", "likelihood_estimator_based_potential"]
+
+
+def _log_likelihood_fn(likelihood: object) -> Callable[[Tensor, Tensor], Tensor]:
+    """Normalise the accepted likelihood objects to ``f(x [*, L], theta [*, D]) -> [*]``."""
+    log_prob = getattr(likelihood, "log_prob", None)
+    if callable(log_prob):
+        return lambda x, theta: log_prob(x, theta)
+    if callable(likelihood):
+        return lambda x, theta: likelihood(theta, x)
+    raise TypeError(
+        "`likelihood_estimator` must have `log_prob(x, theta)` or "
+        f"be a callable `(theta, x) -> log p(x | theta)`; got {type(likelihood).__name__}."
+    )
+
+
+class LikelihoodBasedPotential(BasePotential):
+    r"""log p̃(θ | x_o) = Σᵢ log p(x_i | θ) + log p(θ).
+
+    Args:
+        likelihood: An object with ``log_prob(x, theta)`` (a trained NLE estimator or any
+            conditional density) or a callable ``(theta, x) -> log p(x | θ)``, evaluated
+            element-wise: x ``[*, L]`` and θ ``[*, D]`` with equal leading shapes.
+        prior: The prior.
+        x_o: Observation(s), ``[L]`` or ``[N, L]`` (iid rows sum).
+
+    Example:
+        >>> from torch.distributions import Normal
+        >>> from sbi_vi.priors import BoxUniform
+        >>> lik = lambda theta, x: Normal(theta, 1.0).log_prob(x).sum(-1)
+        >>> pot = LikelihoodBasedPotential(lik, BoxUniform(-torch.ones(2), torch.ones(2)),
+        ...                                torch.zeros(2))
+        >>> pot(torch.zeros(4, 2)).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self, likelihood: object, prior: object, x_o: Tensor | None = None, device: str = "cpu"
+    ):
+        self._log_lik = _log_likelihood_fn(likelihood)
+        self.likelihood = likelihood
+        super().__init__(process_prior(prior), x_o, device)
+
+    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
+        x = self._require_x()
+        with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
+            log_prior = log_prior_or_zero(self.prior, theta)
+            if self.x_is_iid:
+                xs, thetas = _iid_broadcast(x, theta)
+                log_lik = self._log_lik(xs, thetas).sum(0)
+            else:  # θ [*, B, D] paired with x [B, L]
+                log_lik = self._log_lik(x.expand(*theta.shape[:-1], x.shape[-1]), theta)
+            return mask_outside(log_lik + log_prior, log_prior)
+
+
+def likelihood_estimator_based_potential(
+    likelihood_estimator: object, prior: object, x_o: Tensor | None = None
+) -> tuple[LikelihoodBasedPotential, Transform]:
+    """Return ``(potential, theta_transform)`` for a likelihood (estimator), as in sbi.
+
+    Args:
+        likelihood_estimator: See :class:`LikelihoodBasedPotential`.
+        prior: The prior.
+        x_o: Observation(s), ``[L]`` or ``[N, L]``.
+
+    Returns:
+        The potential and the map from the prior's support to unconstrained space.
+    """
+    potential = LikelihoodBasedPotential(likelihood_estimator, prior, x_o)
+    return potential, theta_transform(potential.prior)

@@ -1,0 +1,79 @@
+"""Ratio-based potentials: log r(θ, x_o) + log p(θ), r ∝ p(x | θ) / p(x)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions.transforms import Transform
+
+from sbi_vi.potentials.base import (
+    BasePotential,
+    _iid_broadcast,
+    log_prior_or_zero,
+    mask_outside,
+)
+from sbi_vi.priors import process_prior, theta_transform
+
+__all__ = ["RatioBasedPotential", "ratio_estimator_based_potential"]
+
+
+def _log_ratio_fn(ratio: object) -> Callable[[Tensor, Tensor], Tensor]:
+    fn = getattr(ratio, "log_ratio", None)
+    if callable(fn):
+        return fn
+    if callable(ratio):
+        return ratio
+    raise TypeError(
+        "`ratio_estimator` must have `log_ratio(theta, x)` or be a callable "
+        f"`(theta, x) -> log r(theta, x)`; got {type(ratio).__name__}."
+    )
+
+
+class RatioBasedPotential(BasePotential):
+    r"""log p̃(θ | x_o) = Σᵢ log r(θ, x_i) + log p(θ).
+
+    Args:
+        ratio_estimator: An object with ``log_ratio(theta, x)`` or a callable
+            ``(theta, x) -> log r``; θ ``[*, D]`` and x ``[*, L]`` broadcast.
+        prior: The prior.
+        x_o: Observation(s), ``[L]`` or ``[N, L]`` (iid rows sum).
+
+    Example:
+        >>> from sbi_vi.priors import BoxUniform
+        >>> pot = RatioBasedPotential(lambda t, x: -(t - x).square().sum(-1),
+        ...                           BoxUniform(-torch.ones(2), torch.ones(2)), torch.zeros(2))
+        >>> pot(torch.zeros(3, 2)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        ratio_estimator: object,
+        prior: object,
+        x_o: Tensor | None = None,
+        device: str = "cpu",
+    ):
+        self._log_ratio = _log_ratio_fn(ratio_estimator)
+        self.ratio_estimator = ratio_estimator
+        super().__init__(process_prior(prior), x_o, device)
+
+    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
+        x = self._require_x()
+        with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
+            log_prior = log_prior_or_zero(self.prior, theta)
+            if self.x_is_iid:
+                xs, thetas = _iid_broadcast(x, theta)
+                log_r = self._log_ratio(thetas, xs).sum(0)
+            else:
+                log_r = self._log_ratio(theta, x.expand(*theta.shape[:-1], x.shape[-1]))
+            return mask_outside(log_r + log_prior, log_prior)
+
+
+def ratio_estimator_based_potential(
+    ratio_estimator: object, prior: object, x_o: Tensor | None = None
+) -> tuple[RatioBasedPotential, Transform]:
+    """Return ``(potential, theta_transform)`` for a ratio estimator, as in sbi."""
+    potential = RatioBasedPotential(ratio_estimator, prior, x_o)
+    return potential, theta_transform(potential.prior)
