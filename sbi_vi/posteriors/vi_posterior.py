@@ -122,6 +122,8 @@ class VIPosterior:
         self._z_score_theta = check_choice("z_score_theta", z_score_theta, choices)
         self._z_score_x = check_choice("z_score_x", z_score_x, choices)
         self._x: Tensor | None = None
+        if self.potential_fn.x_o is not None:  # a potential built with x_o sets the default
+            self._x = self._check_x(self.potential_fn.x_o)
         self._trained_on: Tensor | None = None
         self._map_cache: dict[bytes, Tensor] = {}
         self._optimizer: Any = None

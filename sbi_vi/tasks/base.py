@@ -149,7 +149,7 @@ class Task(ABC):
 
         Raises:
             ValueError: If ``theta`` does not end in ``D``, or ``x`` is not ``[L]`` or
-                ``[N_iid, L]``.
+                ``[N_iid, L]`` or holds NaN/inf.
             TypeError: If an argument is not array-like.
 
         Example:
@@ -164,6 +164,24 @@ class Task(ABC):
         dtype = torch.promote_types(theta.dtype, x.dtype)
         theta, x = theta.to(dtype), x.to(device=theta.device, dtype=dtype)
         return self._log_likelihood(theta.unsqueeze(-2), x).sum(-1)
+
+    @property
+    def likelihood(self) -> TaskLikelihood:
+        """The true likelihood as a conditional density with ``log_prob(x, theta)``.
+
+        ``log_prob`` is element-wise: x ``[*, L]`` and θ ``[*, D]`` with broadcastable
+        leading shapes give ``[*]``; it plugs into
+        :func:`sbi_vi.potentials.likelihood_estimator_based_potential` like a trained
+        estimator.
+
+        Example:
+            >>> from sbi_vi.tasks import get_task
+            >>> task = get_task("two_moons")
+            >>> theta = task.prior.sample((4,))
+            >>> task.likelihood.log_prob(task.simulator(theta), theta).shape
+            torch.Size([4])
+        """
+        return TaskLikelihood(self)
 
     def potential(
         self, num_observation: int | None = None, *, x_o: Tensor | None = None
@@ -320,7 +338,24 @@ class Task(ABC):
                 f"`x` must have shape [{self.dim_x}] or [N_iid, {self.dim_x}] for task "
                 f"{self.name!r}, got shape {tuple(x.shape)}."
             )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("`x` must be finite, but it holds NaN or inf entries.")
         return x.reshape(-1, self.dim_x)
+
+
+class TaskLikelihood:
+    """The true likelihood of a task, element-wise: ``log_prob(x [*, L], theta [*, D]) -> [*]``."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        theta = self.task._check_theta(theta)
+        x = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)
+        return self.task._log_likelihood(theta.unsqueeze(-2), x.unsqueeze(-2)).squeeze(-1)
+
+    def __repr__(self) -> str:
+        return f"TaskLikelihood(task={self.task.name!r})"
 
 
 class TaskPotential:

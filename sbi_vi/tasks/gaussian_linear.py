@@ -73,8 +73,8 @@ class GaussianLinear(Task):
         Example:
             >>> task = GaussianLinear()
             >>> posterior = task.true_posterior(task.get_observation(1))
-            >>> posterior.covariance_matrix[0, 0].item()
-            0.05000000074505806
+            >>> round(posterior.covariance_matrix[0, 0].item(), 6)
+            0.05
         """
         try:
             x_o = self._check_x(x_o)

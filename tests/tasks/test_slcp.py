@@ -170,13 +170,13 @@ def _check_conditionals(task: SLCP, num_observation: int, n: int, num_grid: int)
 
 
 def test_reference_samples_match_exact_conditionals_observation_1(task: SLCP) -> None:
-    _check_conditionals(task, 1, n=500, num_grid=2001)
+    _check_conditionals(task, 1, n=300, num_grid=2001)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_observation", range(2, 11))
 def test_reference_samples_match_exact_conditionals(task: SLCP, num_observation: int) -> None:
-    _check_conditionals(task, num_observation, n=1000, num_grid=2001)
+    _check_conditionals(task, num_observation, n=500, num_grid=2001)
 
 
 def test_a_wrong_likelihood_fails_the_conditional_check(task: SLCP) -> None:

@@ -23,7 +23,9 @@ def task() -> TwoMoons:
     return TwoMoons()
 
 
-def _p_grid(u_range, v_range, n_u, n_v) -> tuple[torch.Tensor, float]:
+def _p_grid(
+    u_range: tuple[float, float], v_range: tuple[float, float], n_u: int, n_v: int
+) -> tuple[torch.Tensor, float]:
     """Cell centres of a grid over p - (0.25, 0), and the cell area."""
     du = (u_range[1] - u_range[0]) / n_u
     dv = (v_range[1] - v_range[0]) / n_v

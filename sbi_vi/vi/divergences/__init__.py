@@ -61,7 +61,7 @@ def build_divergence(method: str, **options: Any) -> Divergence:
 
     Example:
         >>> build_divergence("IW", K=4)
-        ImportanceWeighted(K=4, dreg=False, stick_the_landing=False, direction='sample')
+        ImportanceWeighted(K=4, dreg=False, stick_the_landing=False)
 
     Raises:
         ValueError: Unknown method, or an option that ``method`` does not use.

@@ -22,12 +22,18 @@ __all__ = [
     "DivergenceOutput",
     "LogDensity",
     "detached_log_prob",
+    "invalid_mass_surrogate",
+    "invalid_penalty",
     "masked_mean",
     "safe_log_p",
 ]
 
-#: A target log density: θ ``[*S, *batch, D]`` → log p̃(θ) ``[*S, *batch]``.
 LogDensity = Callable[[Tensor], Tensor]
+"""A target log density: θ ``[*S, *batch, D]`` → log p̃(θ) ``[*S, *batch]``."""
+
+INVALID_PENALTY = 10.0
+"""Nats that a particle where the target density is zero costs beyond the worst valid
+particle of its batch element (see :func:`invalid_penalty`)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,64 @@ def safe_log_p(log_p: LogDensity, theta: Tensor, sample_ndim: int = 1) -> tuple[
     theta_safe = torch.where(valid.unsqueeze(-1), theta, substitute)
     lp = log_p(theta_safe)
     return lp, valid & torch.isfinite(lp)
+
+
+def invalid_penalty(log_w: Tensor, valid: Tensor, sample_ndim: int = 1) -> Tensor:
+    """Cost of a particle where the target is zero, per batch element ``[*batch]``.
+
+    A zero density is worse than any positive one, so such a particle costs
+    :data:`INVALID_PENALTY` nats more than the worst valid particle (largest -log w) of its
+    batch element; it can never be cheaper to move q into the region.
+    """
+    dims = tuple(range(sample_ndim))
+    neg = torch.where(valid, -log_w, torch.full_like(log_w, float("-inf")))
+    worst = neg.detach().amax(dims) if sample_ndim else neg.detach()
+    worst = torch.where(torch.isfinite(worst), worst.clamp(min=0.0), torch.zeros_like(worst))
+    return worst + INVALID_PENALTY
+
+
+def invalid_mass_surrogate(
+    family: nn.Module,
+    theta: Tensor,
+    valid: Tensor,
+    context: Tensor | None = None,
+    penalty: Tensor | float = INVALID_PENALTY,
+) -> Tensor:
+    """Surrogate whose gradient pushes q's mass out of the region where the target is zero.
+
+    Where log p̃ = -inf (inside the prior's support, e.g. a likelihood that vanishes on
+    a half-plane), the reverse KL is infinite and the path-wise gradient is blind: the
+    particles there carry no gradient, so q would drift into the region for free. This
+    adds ``penalty · P_q(invalid)`` (penalty from :func:`invalid_penalty`, ``[*batch]``)
+    to the objective, differentiated with the score
+    function, ``penalty · E_q[(1_invalid - p̂) ∇ log q(θ)]`` (``p̂`` the invalid fraction as
+    a baseline); log q is evaluated at detached θ with live parameters.
+
+    Args:
+        family: The family.
+        theta: Particles ``[*S, *batch, D]``.
+        valid: Boolean mask ``[*S, *batch]``.
+        context: The context of the family.
+        penalty: Nats per unit of invalid mass.
+
+    Returns:
+        A scalar (0 when every particle is valid).
+    """
+    invalid = (~valid).to(theta.dtype)
+    if not bool(invalid.any()):
+        return torch.zeros((), dtype=theta.dtype, device=theta.device)
+    sample_dims = tuple(range(valid.ndim - _batch_ndim(family, context)))
+    log_q = family(context).log_prob(theta.detach())
+    baseline = invalid.mean(sample_dims, keepdim=True)
+    weight = (invalid - baseline) * torch.as_tensor(penalty, dtype=theta.dtype).detach()
+    finite = torch.isfinite(log_q)
+    terms = torch.where(finite, weight * log_q, torch.zeros_like(log_q))
+    return terms.mean(sample_dims).mean()
+
+
+def _batch_ndim(family: nn.Module, context: Tensor | None) -> int:
+    del family
+    return 0 if context is None else context.ndim - 1
 
 
 def masked_mean(values: Tensor, valid: Tensor, dim: int = 0) -> Tensor:

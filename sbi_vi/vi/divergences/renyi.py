@@ -22,6 +22,8 @@ from sbi_vi.vi.divergences.base import (
     DivergenceOutput,
     LogDensity,
     detached_log_prob,
+    invalid_mass_surrogate,
+    invalid_penalty,
     safe_log_p,
 )
 from sbi_vi.vi.families.base import rsample_and_log_prob
@@ -57,7 +59,11 @@ def _renyi(
     safe = torch.where(valid, log_w_grad, torch.zeros_like(log_w_grad))
     # gradient of the bound = Σ coeff · ∇ log w  (coefficients detached)
     loss = -(coeff.detach() * safe).sum(0).mean()
-    value = -bound.mean(0)
+    penalty = invalid_penalty(log_w, valid, sample_ndim=2)
+    loss = loss + invalid_mass_surrogate(family, theta, valid, context, penalty)
+    fraction = (~valid).to(lp.dtype).mean((0, 1))
+    finite_bound = torch.where(torch.isfinite(bound), -bound, penalty.unsqueeze(0))
+    value = (1 - fraction) * finite_bound.mean(0) + fraction * penalty
     k, n = shape
     flat = log_w.reshape(k * n, *log_w.shape[2:])
     return DivergenceOutput(loss, value.detach(), flat, int((~valid).sum()))
@@ -87,7 +93,10 @@ class ImportanceWeighted(Divergence):
         self.K = check_positive_int("K", K)
         self.dreg = bool(dreg)
         self.stick_the_landing = bool(stick_the_landing)
-        self.direction = "density" if (self.dreg or self.stick_the_landing) else "sample"
+
+    @property
+    def direction(self) -> str:
+        return "density" if (self.dreg or self.stick_the_landing) else "sample"
 
     def __call__(
         self,
@@ -139,7 +148,10 @@ class RenyiAlpha(Divergence):
         self.alpha = float(alpha)
         self.stick_the_landing = bool(stick_the_landing)
         self.dreg = bool(dreg)
-        self.direction = "density" if (self.dreg or self.stick_the_landing) else "sample"
+
+    @property
+    def direction(self) -> str:
+        return "density" if (self.dreg or self.stick_the_landing) else "sample"
 
     def __call__(
         self,

@@ -10,6 +10,8 @@ from sbi_vi.vi.divergences.base import (
     DivergenceOutput,
     LogDensity,
     detached_log_prob,
+    invalid_mass_surrogate,
+    invalid_penalty,
     masked_mean,
     safe_log_p,
 )
@@ -22,6 +24,10 @@ class ReverseKL(Divergence):
     r"""Reverse Kullback-Leibler divergence, the negative ELBO.
 
     .. math:: \mathcal{L}(\phi) = \mathbb{E}_{q_\phi}[\log q_\phi(\theta) - \log \tilde p(\theta)]
+
+    Particles where the target is zero (log p̃ = -inf) are charged more than the worst valid
+    particle (:func:`~sbi_vi.vi.divergences.base.invalid_penalty`), with a score-function
+    gradient (:func:`~sbi_vi.vi.divergences.base.invalid_mass_surrogate`).
 
     Args:
         stick_the_landing: Drop the score term of the gradient by evaluating log q with
@@ -38,7 +44,10 @@ class ReverseKL(Divergence):
 
     def __init__(self, *, stick_the_landing: bool = False):
         self.stick_the_landing = bool(stick_the_landing)
-        self.direction = "density" if self.stick_the_landing else "sample"
+
+    @property
+    def direction(self) -> str:
+        return "density" if self.stick_the_landing else "sample"
 
     def __call__(
         self,
@@ -53,7 +62,10 @@ class ReverseKL(Divergence):
             log_q_grad = detached_log_prob(family, theta, context)
         else:
             log_q_grad = log_q
-        loss = masked_mean(log_q_grad - lp, valid).mean()
         log_w = torch.where(valid, lp - log_q, float("-inf")).detach()
-        value = masked_mean(-log_w, valid)
+        penalty = invalid_penalty(log_w, valid)
+        loss = masked_mean(log_q_grad - lp, valid).mean()
+        loss = loss + invalid_mass_surrogate(family, theta, valid, context, penalty)
+        fraction = (~valid).to(lp.dtype).mean(0)
+        value = (1 - fraction) * masked_mean(-log_w, valid) + fraction * penalty
         return DivergenceOutput(loss, value, log_w, int((~valid).sum()))

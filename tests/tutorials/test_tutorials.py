@@ -1,0 +1,94 @@
+"""Every tutorial runs end to end in quick mode and writes what it promises.
+
+Each ``tutorials/NN_*.py`` script is run in a subprocess with ``--quick`` (and
+``SBI_VI_TUTORIAL_QUICK=1``), the Agg backend and a temporary output directory. It must exit
+with code 0, write the figures listed in ``EXPECTED`` and a ``summary.json`` whose numbers
+are checked here (rather than parsing stdout).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TUTORIALS_DIR = Path(__file__).resolve().parents[2] / "tutorials"
+TUTORIALS = sorted(TUTORIALS_DIR.glob("[0-9][0-9]_*.py"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_single_observation(summary: dict, output_dir: Path) -> None:
+    """Tutorial 1: the numbers it reports are consistent with each other."""
+    methods = summary["methods"]
+    assert set(methods) == {"rKL", "fKL"}
+    for result in methods.values():
+        assert result["num_iters"] >= 1
+        assert 0.0 <= result["fraction_zero_density"] <= 1.0
+    best = methods[summary["best"]]
+    assert best["reliable"] and best["khat"] <= 0.7
+    assert best["c2st"] == summary["c2st"]
+    assert all(-1.0 <= v <= 1.0 for v in summary["map"])
+    assert math.isfinite(summary["map_log_potential"])
+    assert summary["roundtrip_identical"] is True
+    assert (output_dir / summary["files"]["posterior"]).is_file()
+
+
+#: Per tutorial: the PNG files it writes, the largest C2ST accepted in quick mode, and
+#: further checks of its summary.
+EXPECTED: dict[str, dict] = {
+    "01_single_observation_vi": {
+        "png": ["pairplot.png"],
+        "max_c2st": 0.75,
+        "check": _check_single_observation,
+    },
+}
+
+
+def _run(script: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "MPLBACKEND": "Agg",
+        "SBI_VI_TUTORIAL_QUICK": "1",
+        "SBI_VI_TUTORIAL_OUTPUT_DIR": str(output_dir),
+        # one thread per process: the test suite runs in parallel (pytest -n 2)
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, str(script), "--quick", "--output-dir", str(output_dir)],
+        cwd=output_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_tutorials_are_found_and_listed() -> None:
+    assert TUTORIALS, f"no tutorials found in {TUTORIALS_DIR}"
+    assert {t.stem for t in TUTORIALS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("script", TUTORIALS, ids=lambda p: p.stem)
+def test_tutorial_runs_in_quick_mode(script: Path, tmp_path: Path) -> None:
+    proc = _run(script, tmp_path)
+    assert proc.returncode == 0, (
+        f"{script.name} exited with {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
+        f"\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )
+    expected = EXPECTED[script.stem]
+    for name in expected["png"]:
+        path = tmp_path / name
+        assert path.is_file(), f"{script.name} did not write {name}"
+        assert path.read_bytes()[:8] == PNG_MAGIC, f"{name} is not a PNG file"
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["quick"] is True
+    assert 0.0 <= summary["c2st"] < expected["max_c2st"], summary
+    expected["check"](summary, tmp_path)

@@ -1,0 +1,145 @@
+"""Contract tests run on every family: shapes, densities, gradients, context, save/load, repr."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from sbi_vi.priors import BoxUniform, link_transform
+from sbi_vi.vi.families import (
+    FAMILY_NAMES,
+    BuilderFamily,
+    DistributionFamily,
+    Family,
+    FlowFamily,
+    build_family,
+    rsample_and_log_prob,
+)
+
+PRIOR = BoxUniform(-2 * torch.ones(3), 3 * torch.ones(3))
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def family(request) -> Family:
+    torch.manual_seed(0)
+    return build_family(request.param, event_size=3, link=link_transform(PRIOR))
+
+
+def test_sample_shapes_and_support(family):
+    q = family()
+    theta, log_q = rsample_and_log_prob(q, (7, 2))
+    assert theta.shape == (7, 2, 3) and log_q.shape == (7, 2)
+    assert bool(((theta > -2) & (theta < 3)).all())
+    assert q.sample((5,)).shape == (5, 3)
+
+
+def test_log_prob_matches_one_pass_density(family):
+    q = family()
+    theta, log_q = rsample_and_log_prob(q, (64,))
+    torch.testing.assert_close(q.log_prob(theta), log_q, atol=1e-3, rtol=1e-4)
+
+
+def test_log_prob_outside_support_is_minus_inf(family):
+    q = family()
+    out = q.log_prob(torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 0.0]]))
+    assert out[0] == float("-inf") and torch.isfinite(out[1])
+
+
+def test_density_integrates_to_one(family):
+    """Importance estimate of ∫ q = E_prior[q / prior] is 1 within its standard error."""
+    torch.manual_seed(1)
+    theta = PRIOR.sample((20_000,))
+    with torch.no_grad():
+        ratio = torch.exp(family().log_prob(theta) - PRIOR.log_prob(theta))
+    se = ratio.std() / len(ratio) ** 0.5
+    assert abs(ratio.mean().item() - 1.0) < 5 * se.item() + 0.02
+
+
+def test_gradients_reach_every_parameter(family):
+    theta, log_q = rsample_and_log_prob(family(), (32,))
+    (log_q.sum() + theta.square().sum()).backward()
+    for name, p in family.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_context_gives_batch(family):
+    name = family.flow_name if isinstance(family, FlowFamily) else family.__class__.__name__
+    name = {"Gaussian": "gaussian", "DiagonalGaussian": "gaussian_diag"}.get(name, name)
+    conditional = build_family(name, event_size=3, link=link_transform(PRIOR), context_size=4)
+    q = conditional(torch.randn(6, 4))
+    theta, log_q = rsample_and_log_prob(q, (5,))
+    assert theta.shape == (5, 6, 3) and log_q.shape == (5, 6)
+    torch.testing.assert_close(q.log_prob(theta), log_q, atol=1e-3, rtol=1e-4)
+
+
+def test_save_load_round_trip(family):
+    buffer = io.BytesIO()
+    torch.save(family, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.manual_seed(3)
+    a = family().sample((4,))
+    torch.manual_seed(3)
+    b = loaded().sample((4,))
+    torch.testing.assert_close(a, b)
+
+
+def test_repr(family):
+    assert type(family).__name__ in repr(family)
+
+
+@pytest.mark.parametrize("direction", ["sample", "density"])
+def test_flow_directions_are_both_valid_densities(direction):
+    torch.manual_seed(0)
+    family = FlowFamily("maf", 2, direction=direction)
+    theta, log_q = family().rsample_and_log_prob((16,))
+    torch.testing.assert_close(family().log_prob(theta), log_q, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_family_name():
+    with pytest.raises(ValueError, match="`q` must be one of"):
+        build_family("realnvp", event_size=2)
+
+
+def test_bad_q_type():
+    with pytest.raises(TypeError, match="`q` must be"):
+        build_family(3.0, event_size=2)
+
+
+def test_distribution_family_uses_user_parameters():
+    loc = torch.zeros(2, requires_grad=True)
+    log_scale = torch.zeros(2, requires_grad=True)
+
+    class MyQ(Independent):
+        def __init__(self):
+            super().__init__(Normal(loc, log_scale.exp()), 1)
+
+    with pytest.raises(ValueError, match="no trainable tensors"):
+        DistributionFamily(Independent(Normal(torch.zeros(2), torch.ones(2)), 1))
+    family = DistributionFamily(Independent(Normal(loc, torch.ones(2)), 1), parameters=[loc])
+    assert list(family.parameters()) == [loc]
+    family().rsample((3,)).sum().backward()
+    assert loc.grad is not None
+
+
+def test_builder_family_calls_builder_with_event_shape_link_device():
+    seen = {}
+
+    def builder(event_shape, link, device):
+        seen.update(event_shape=event_shape, link=link, device=device)
+        loc = torch.zeros(event_shape, requires_grad=True)
+        from torch.distributions import TransformedDistribution
+
+        return TransformedDistribution(Independent(Normal(loc, 1.0), 1), [link])
+
+    with pytest.raises(ValueError, match="no trainable tensors"):
+        BuilderFamily(builder, 2)
+    link = link_transform(BoxUniform(torch.zeros(2), torch.ones(2)))
+    q = builder(torch.Size([2]), link, "cpu")
+    family = BuilderFamily(lambda *a: q, 2, link, parameters=[q.base_dist.base_dist.loc])
+    assert bool(((family().sample((10,)) > 0) & (family().sample((10,)) < 1)).all())
+    assert seen["event_shape"] == torch.Size([2])
