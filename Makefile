@@ -35,3 +35,23 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .site demo_output
+
+# Benchmark against sbi==0.27.0 in its own venv (benchmarks/README.md). The full grid takes
+# hours; `make bench BENCH_ARGS=--quick` is a smoke test, `BENCH_ARGS="--methods rKL"` one slice.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet "torch==2.13.0"
+	echo "torch==2.13.0" > $(BENCH_VENV)/constraints.txt
+	$(BENCH_PY) -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[dev]" "sbi==0.27.0"
+	touch $(BENCH_STAMP)
+
+.PHONY: bench
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/vi_engine.py $(BENCH_ARGS)
+	$(BENCH_PY) benchmarks/vi_engine.py --report

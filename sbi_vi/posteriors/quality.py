@@ -45,10 +45,23 @@ def evaluate_quality(
     return prop_metric(lp, lq)
 
 
+MIN_ESS_FRACTION = 0.01
+"""Smallest relative effective sample size of the importance weights that passes QC."""
+
+
 def is_reliable(result: object) -> bool:
-    """Whether a PSIS or prop result says q can be trusted (every batch element)."""
-    flag = result.reliable if hasattr(result, "reliable") else result.good
-    return bool(flag.all()) if isinstance(flag, Tensor) else bool(flag)
+    """Whether a PSIS or prop result says q can be trusted (every batch element).
+
+    For PSIS both k-hat ≤ 0.7 and ESS ≥ 1 % of the draws are required: a k-hat near the
+    threshold with a handful of effective samples still means q missed mass.
+    """
+    if hasattr(result, "reliable"):
+        flag = result.reliable
+        ess = torch.as_tensor(result.ess) / result.n_particles
+        flag = torch.as_tensor(flag) & (ess >= MIN_ESS_FRACTION)
+    else:
+        flag = result.good
+    return bool(torch.as_tensor(flag).all())
 
 
 def summarise(result: object) -> str:

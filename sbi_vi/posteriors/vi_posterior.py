@@ -152,6 +152,7 @@ class VIPosterior:
     ) -> None:
         """Define the variational family (see the constructor's ``q``); resets training."""
         self._q_arg = q
+        self._warm = isinstance(q, VIPosterior)  # a copied q needs no warm-up to the prior
         if isinstance(q, VIPosterior):
             self._family = copy.deepcopy(q._family).to(self._device)
         else:
@@ -194,6 +195,7 @@ class VIPosterior:
 
     @property
     def vi_method(self) -> str:
+        """The divergence used by :meth:`train` (``rKL``, ``fKL``, ``IW`` or ``alpha``)."""
         return self._vi_method
 
     @property
@@ -284,8 +286,9 @@ class VIPosterior:
             self.set_q(self._q_arg, *self._q_params)
         first_fit = self._trained_on is None
         self.potential_fn.set_x(x)
-        if first_fit and warm_up_rounds > 0:
+        if first_fit and not self._warm and warm_up_rounds > 0:
             self._warm_up(warm_up_rounds, n_particles, learning_rate, clip_value)
+        self._warm = True
         self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
         stopping = (
             ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)

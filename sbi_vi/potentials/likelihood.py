@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.distributions.transforms import Transform
@@ -19,17 +17,20 @@ from sbi_vi.priors import process_prior, theta_transform
 __all__ = ["LikelihoodBasedPotential", "likelihood_estimator_based_potential"]
 
 
-def _log_likelihood_fn(likelihood: object) -> Callable[[Tensor, Tensor], Tensor]:
-    """Normalise the accepted likelihood objects to ``f(x [*, L], theta [*, D]) -> [*]``."""
+def _check_likelihood(likelihood: object) -> None:
+    if callable(getattr(likelihood, "log_prob", None)) or callable(likelihood):
+        return
+    raise TypeError(
+        "`likelihood_estimator` must have `log_prob(x, theta)` or be a callable "
+        f"`(theta, x) -> log p(x | theta)`; got {type(likelihood).__name__}."
+    )
+
+
+def _log_likelihood(likelihood: object, x: Tensor, theta: Tensor) -> Tensor:
     log_prob = getattr(likelihood, "log_prob", None)
     if callable(log_prob):
-        return lambda x, theta: log_prob(x, theta)
-    if callable(likelihood):
-        return lambda x, theta: likelihood(theta, x)
-    raise TypeError(
-        "`likelihood_estimator` must have `log_prob(x, theta)` or "
-        f"be a callable `(theta, x) -> log p(x | theta)`; got {type(likelihood).__name__}."
-    )
+        return log_prob(x, theta)
+    return likelihood(theta, x)  # type: ignore[operator]
 
 
 class LikelihoodBasedPotential(BasePotential):
@@ -55,7 +56,7 @@ class LikelihoodBasedPotential(BasePotential):
     def __init__(
         self, likelihood: object, prior: object, x_o: Tensor | None = None, device: str = "cpu"
     ):
-        self._log_lik = _log_likelihood_fn(likelihood)
+        _check_likelihood(likelihood)
         self.likelihood = likelihood
         super().__init__(process_prior(prior), x_o, device)
 
@@ -65,9 +66,11 @@ class LikelihoodBasedPotential(BasePotential):
             log_prior = log_prior_or_zero(self.prior, theta)
             if self.x_is_iid:
                 xs, thetas = _iid_broadcast(x, theta)
-                log_lik = self._log_lik(xs, thetas).sum(0)
+                log_lik = _log_likelihood(self.likelihood, xs, thetas).sum(0)
             else:  # θ [*, B, D] paired with x [B, L]
-                log_lik = self._log_lik(x.expand(*theta.shape[:-1], x.shape[-1]), theta)
+                log_lik = _log_likelihood(
+                    self.likelihood, x.expand(*theta.shape[:-1], x.shape[-1]), theta
+                )
             return mask_outside(log_lik + log_prior, log_prior)
 
 

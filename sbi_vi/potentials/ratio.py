@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.distributions.transforms import Transform
@@ -19,16 +17,20 @@ from sbi_vi.priors import process_prior, theta_transform
 __all__ = ["RatioBasedPotential", "ratio_estimator_based_potential"]
 
 
-def _log_ratio_fn(ratio: object) -> Callable[[Tensor, Tensor], Tensor]:
-    fn = getattr(ratio, "log_ratio", None)
-    if callable(fn):
-        return fn
-    if callable(ratio):
-        return ratio
+def _check_ratio(ratio: object) -> None:
+    if callable(getattr(ratio, "log_ratio", None)) or callable(ratio):
+        return
     raise TypeError(
         "`ratio_estimator` must have `log_ratio(theta, x)` or be a callable "
         f"`(theta, x) -> log r(theta, x)`; got {type(ratio).__name__}."
     )
+
+
+def _log_ratio(ratio: object, theta: Tensor, x: Tensor) -> Tensor:
+    fn = getattr(ratio, "log_ratio", None)
+    if callable(fn):
+        return fn(theta, x)
+    return ratio(theta, x)  # type: ignore[operator]
 
 
 class RatioBasedPotential(BasePotential):
@@ -55,7 +57,7 @@ class RatioBasedPotential(BasePotential):
         x_o: Tensor | None = None,
         device: str = "cpu",
     ):
-        self._log_ratio = _log_ratio_fn(ratio_estimator)
+        _check_ratio(ratio_estimator)
         self.ratio_estimator = ratio_estimator
         super().__init__(process_prior(prior), x_o, device)
 
@@ -65,9 +67,11 @@ class RatioBasedPotential(BasePotential):
             log_prior = log_prior_or_zero(self.prior, theta)
             if self.x_is_iid:
                 xs, thetas = _iid_broadcast(x, theta)
-                log_r = self._log_ratio(thetas, xs).sum(0)
+                log_r = _log_ratio(self.ratio_estimator, thetas, xs).sum(0)
             else:
-                log_r = self._log_ratio(theta, x.expand(*theta.shape[:-1], x.shape[-1]))
+                log_r = _log_ratio(
+                    self.ratio_estimator, theta, x.expand(*theta.shape[:-1], x.shape[-1])
+                )
             return mask_outside(log_r + log_prior, log_prior)
 
 

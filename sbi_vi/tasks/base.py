@@ -350,6 +350,7 @@ class TaskLikelihood:
         self.task = task
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        """log p(x | θ) for x ``[*, L]`` and θ ``[*, D]`` (broadcast), shape ``[*]``."""
         theta = self.task._check_theta(theta)
         x = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)
         return self.task._log_likelihood(theta.unsqueeze(-2), x.unsqueeze(-2)).squeeze(-1)

@@ -185,7 +185,7 @@ def test_user_distribution_and_builder_and_copy():
             super().__init__(Normal(loc, torch.ones(2)), 1)
 
         def rsample(self, sample_shape=()):
-            eps = torch.randn(torch.Size(sample_shape) + (2,))
+            eps = torch.randn(*torch.Size(sample_shape), 2)
             return loc + log_scale.exp() * eps
 
         def log_prob(self, value):

@@ -103,7 +103,6 @@ def test_several_independent_targets_in_one_call(method):
 
 def _set_to_target(family: Gaussian) -> None:
     tril = torch.linalg.cholesky(COV)
-    d = 2
     raw = torch.cat([MEAN, tril.diagonal().log(), tril[1, :1]])
     with torch.no_grad():
         family.params.copy_(raw / family.parameter_scale)

@@ -42,14 +42,15 @@ DIVERGENCES: dict[str, type[Divergence]] = {
     "IW": ImportanceWeighted,
     "alpha": RenyiAlpha,
 }
+"""Divergence classes by their ``vi_method`` name."""
 
-#: The settings each divergence accepts (for clear errors on misspelled options).
 DIVERGENCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "rKL": ("stick_the_landing",),
     "fKL": ("weight_transform",),
     "IW": ("K", "dreg", "stick_the_landing"),
     "alpha": ("alpha", "stick_the_landing", "dreg"),
 }
+"""The settings each divergence accepts (for clear errors on misspelled options)."""
 
 
 def build_divergence(method: str, **options: Any) -> Divergence:

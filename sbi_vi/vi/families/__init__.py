@@ -40,13 +40,15 @@ def _flow(name: str) -> Callable[..., Family]:
     return partial(FlowFamily, name)
 
 
-#: Family constructors by name: ``ctor(event_size, link, shift, scale, *, context_size, ...)``.
 FAMILIES: dict[str, Callable[..., Family]] = {
     **{name: _flow(name) for name in FLOW_BUILDERS},
     "gaussian": Gaussian,
     "gaussian_diag": DiagonalGaussian,
 }
+"""Family constructors by name: ``ctor(event_size, link, shift, scale, *, context_size, ...)``."""
+
 FAMILY_NAMES = tuple(FAMILIES)
+"""The names accepted as ``q``."""
 
 
 def build_family(

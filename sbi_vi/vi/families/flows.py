@@ -10,7 +10,7 @@ offers the ``"sample"`` direction: the same zuko transforms, inverted with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 from torch.distributions import Distribution
@@ -72,7 +72,7 @@ class FlowFamily(Family):
         num_transforms: int = 5,
         hidden_features: int = 50,
         direction: Direction = "sample",
-        **flow_kwargs,
+        **flow_kwargs: Any,
     ):
         super().__init__(event_size, link, shift, scale)
         check_choice("q", flow, FLOW_BUILDERS)
