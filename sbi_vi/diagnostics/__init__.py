@@ -10,9 +10,6 @@ from sbi_vi.diagnostics.c2st import c2st
 from sbi_vi.diagnostics.prop import PropResult, prop_metric
 from sbi_vi.diagnostics.psis import PSISResult, khat_threshold, khat_verdict, psis
 
-# Simulation-based calibration / coverage lives in its own module (sbc.py) and is
-# exported here next to the others.
-
 __all__ = [
     "PSISResult",
     "PropResult",
