@@ -631,7 +631,7 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _median(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
+    values = [v for v in values if v is not None and not math.isnan(v)]  # k-hat may be inf
     return statistics.median(values) if values else None
 
 
@@ -738,8 +738,9 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def misses(summaries: list[dict[str, Any]]) -> list[str]:
-    out = []
+def misses(summaries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Rows that miss a target, and notes on runs that crashed or timed out."""
+    out, notes = [], []
     for s in summaries:
         name = f"{s['task']} / {s['family']} / {s['method']}"
         reasons = []
@@ -749,12 +750,12 @@ def misses(summaries: list[dict[str, Any]]) -> list[str]:
             reasons.append(f"time ratio {s['ratio_cpu']:.2f} > 0.5")
         if s["target_gl"] is False:
             reasons.append(f"C2ST {s['sbi_vi_c2st']:.3f} > 0.52")
-        for p in PACKAGES:
-            if s[f"{p}_errors"]:
-                reasons.append(f"{p} error: {s[f'{p}_errors'][0][:120]}")
         if reasons:
             out.append(f"- {name}: " + "; ".join(reasons))
-    return out
+        for p in PACKAGES:
+            for err in s[f"{p}_errors"]:
+                notes.append(f"- {name}: {p}: {err[:160]}")
+    return out, notes
 
 
 def write_summary_csv(summaries: list[dict[str, Any]], path: Path) -> None:
@@ -778,7 +779,7 @@ def report(args: argparse.Namespace) -> None:
         (r.get("device_name"), r.get("torch"), r.get("sbi")) for r in rows if not r.get("quick")
     }
     table = markdown_table(summaries)
-    missed = misses(summaries)
+    missed, notes = misses(summaries)
     complete = sum(1 for s in summaries if s["sbi_vi_n"] and s["sbi_n"])
     block = "\n".join(
         [
@@ -797,6 +798,13 @@ def report(args: argparse.Namespace) -> None:
             "",
             *missed,
             "",
+            *(
+                ["Runs that crashed or ran past `--timeout` (no C2ST/k-hat for them):", ""]
+                if notes
+                else []
+            ),
+            *notes,
+            "",
             TABLE_END,
         ]
     )
@@ -810,7 +818,7 @@ def report(args: argparse.Namespace) -> None:
     README.write_text(text)
     print(table)
     print()
-    print("\n".join(missed))
+    print("\n".join(missed + notes))
 
 
 # ---------------------------------------------------------------------------- CLI
