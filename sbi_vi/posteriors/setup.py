@@ -6,7 +6,7 @@ parts together: which prior, which potential, which transform, which family.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -120,6 +120,3 @@ def resolve_transform(prior: object, theta_transform: Transform | None) -> Trans
             f"prior's support to unconstrained space; got {type(theta_transform).__name__}."
         )
     return theta_transform
-
-
-Builder = Callable[..., Family]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sbi_vi._checks import as_tensor
 
-__all__ = ["BasePotential", "CustomPotential"]
+__all__ = ["BasePotential", "CustomPotential", "EstimatorPotential"]
 
 
 @runtime_checkable
@@ -90,6 +90,30 @@ class BasePotential(abc.ABC):
         if self._x_o is not None:
             self._x_o = self._x_o.to(device)
         return self
+
+
+class EstimatorPotential(BasePotential):
+    """log p̃(θ | x_o) = Σᵢ term(x_i, θ) + log p(θ), for a per-observation log term.
+
+    Subclasses give :meth:`log_term` (a log-likelihood or a log-ratio); this class sums it
+    over iid rows of ``x_o`` (one vectorised call) or pairs it with a batch of observations
+    (``x_is_iid=False``), adds the prior and sets ``-inf`` outside its support.
+    """
+
+    @abc.abstractmethod
+    def log_term(self, x: Tensor, theta: Tensor) -> Tensor:
+        """Element-wise log term for x ``[*, L]`` and θ ``[*, D]``, shape ``[*]``."""
+
+    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
+        x = self._require_x()
+        with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
+            log_prior = log_prior_or_zero(self.prior, theta)
+            if self.x_is_iid:
+                xs, thetas = _iid_broadcast(x, theta)
+                term = self.log_term(xs, thetas).sum(0)
+            else:  # θ [*, B, D] paired with x [B, L]
+                term = self.log_term(x.expand(*theta.shape[:-1], x.shape[-1]), theta)
+            return mask_outside(term + log_prior, log_prior)
 
 
 def log_prior_or_zero(prior: object | None, theta: Tensor) -> Tensor:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.distributions.transforms import Transform
 
-from sbi_vi.potentials.base import (
-    BasePotential,
-    _iid_broadcast,
-    log_prior_or_zero,
-    mask_outside,
-)
+from sbi_vi.potentials.base import EstimatorPotential
 from sbi_vi.priors import process_prior, theta_transform
 
 __all__ = ["LikelihoodBasedPotential", "likelihood_estimator_based_potential"]
@@ -33,7 +27,7 @@ def _log_likelihood(likelihood: object, x: Tensor, theta: Tensor) -> Tensor:
     return likelihood(theta, x)  # type: ignore[operator]
 
 
-class LikelihoodBasedPotential(BasePotential):
+class LikelihoodBasedPotential(EstimatorPotential):
     r"""log p̃(θ | x_o) = Σᵢ log p(x_i | θ) + log p(θ).
 
     Args:
@@ -44,6 +38,7 @@ class LikelihoodBasedPotential(BasePotential):
         x_o: Observation(s), ``[L]`` or ``[N, L]`` (iid rows sum).
 
     Example:
+        >>> import torch
         >>> from torch.distributions import Normal
         >>> from sbi_vi.priors import BoxUniform
         >>> lik = lambda theta, x: Normal(theta, 1.0).log_prob(x).sum(-1)
@@ -60,18 +55,8 @@ class LikelihoodBasedPotential(BasePotential):
         self.likelihood = likelihood
         super().__init__(process_prior(prior), x_o, device)
 
-    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
-        x = self._require_x()
-        with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
-            log_prior = log_prior_or_zero(self.prior, theta)
-            if self.x_is_iid:
-                xs, thetas = _iid_broadcast(x, theta)
-                log_lik = _log_likelihood(self.likelihood, xs, thetas).sum(0)
-            else:  # θ [*, B, D] paired with x [B, L]
-                log_lik = _log_likelihood(
-                    self.likelihood, x.expand(*theta.shape[:-1], x.shape[-1]), theta
-                )
-            return mask_outside(log_lik + log_prior, log_prior)
+    def log_term(self, x: Tensor, theta: Tensor) -> Tensor:
+        return _log_likelihood(self.likelihood, x, theta)
 
 
 def likelihood_estimator_based_potential(

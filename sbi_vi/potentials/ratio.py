@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.distributions.transforms import Transform
 
-from sbi_vi.potentials.base import (
-    BasePotential,
-    _iid_broadcast,
-    log_prior_or_zero,
-    mask_outside,
-)
+from sbi_vi.potentials.base import EstimatorPotential
 from sbi_vi.priors import process_prior, theta_transform
 
 __all__ = ["RatioBasedPotential", "ratio_estimator_based_potential"]
@@ -33,7 +27,7 @@ def _log_ratio(ratio: object, theta: Tensor, x: Tensor) -> Tensor:
     return ratio(theta, x)  # type: ignore[operator]
 
 
-class RatioBasedPotential(BasePotential):
+class RatioBasedPotential(EstimatorPotential):
     r"""log p̃(θ | x_o) = Σᵢ log r(θ, x_i) + log p(θ).
 
     Args:
@@ -43,6 +37,7 @@ class RatioBasedPotential(BasePotential):
         x_o: Observation(s), ``[L]`` or ``[N, L]`` (iid rows sum).
 
     Example:
+        >>> import torch
         >>> from sbi_vi.priors import BoxUniform
         >>> pot = RatioBasedPotential(lambda t, x: -(t - x).square().sum(-1),
         ...                           BoxUniform(-torch.ones(2), torch.ones(2)), torch.zeros(2))
@@ -61,18 +56,8 @@ class RatioBasedPotential(BasePotential):
         self.ratio_estimator = ratio_estimator
         super().__init__(process_prior(prior), x_o, device)
 
-    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
-        x = self._require_x()
-        with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
-            log_prior = log_prior_or_zero(self.prior, theta)
-            if self.x_is_iid:
-                xs, thetas = _iid_broadcast(x, theta)
-                log_r = _log_ratio(self.ratio_estimator, thetas, xs).sum(0)
-            else:
-                log_r = _log_ratio(
-                    self.ratio_estimator, theta, x.expand(*theta.shape[:-1], x.shape[-1])
-                )
-            return mask_outside(log_r + log_prior, log_prior)
+    def log_term(self, x: Tensor, theta: Tensor) -> Tensor:
+        return _log_ratio(self.ratio_estimator, theta, x)
 
 
 def ratio_estimator_based_potential(

@@ -179,18 +179,14 @@ def invalid_mass_surrogate(
     invalid = (~valid).to(theta.dtype)
     if not bool(invalid.any()):
         return torch.zeros((), dtype=theta.dtype, device=theta.device)
-    sample_dims = tuple(range(valid.ndim - _batch_ndim(family, context)))
+    batch_ndim = 0 if context is None else context.ndim - 1  # family(context) batch dims
+    sample_dims = tuple(range(valid.ndim - batch_ndim))
     log_q = family(context).log_prob(theta.detach())
     baseline = invalid.mean(sample_dims, keepdim=True)
     weight = (invalid - baseline) * torch.as_tensor(penalty, dtype=theta.dtype).detach()
     finite = torch.isfinite(log_q)
     terms = torch.where(finite, weight * log_q, torch.zeros_like(log_q))
     return terms.mean(sample_dims).mean()
-
-
-def _batch_ndim(family: nn.Module, context: Tensor | None) -> int:
-    del family
-    return 0 if context is None else context.ndim - 1
 
 
 def masked_mean(values: Tensor, valid: Tensor, dim: int = 0) -> Tensor:
