@@ -120,3 +120,43 @@ def resolve_transform(prior: object, theta_transform: Transform | None) -> Trans
             f"prior's support to unconstrained space; got {type(theta_transform).__name__}."
         )
     return theta_transform
+
+
+def warm_up(
+    family: Family,
+    prior: object,
+    *,
+    rounds: int,
+    n_particles: int,
+    learning_rate: float,
+    clip_value: float,
+) -> None:
+    """Fit ``family`` to ``prior`` for ``rounds`` iterations, so training starts broad.
+
+    A family arranged for fast densities (``direction == "density"``, the fKL flows) is fitted
+    by maximum likelihood on fresh prior draws: one cheap network pass per step. Every other
+    family is fitted by reverse KL, which needs only its one-pass sampling.
+    """
+    from sbi_vi.potentials.base import log_prior_or_zero
+    from sbi_vi.vi.divergences import build_divergence
+    from sbi_vi.vi.divergences.base import masked_mean
+    from sbi_vi.vi.fit import fit, make_optimizer
+
+    if getattr(family, "direction", "both") == "density" and hasattr(prior, "sample"):
+
+        def closure() -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                theta = prior.sample((n_particles,))
+            log_q = family().log_prob(theta)
+            loss = -masked_mean(log_q, torch.isfinite(log_q.detach()))
+            return loss, loss.detach()
+
+    else:
+        divergence = build_divergence("rKL")
+
+        def closure() -> tuple[Tensor, Tensor]:
+            out = divergence(family, lambda theta: log_prior_or_zero(prior, theta), n_particles)
+            return out.loss, out.value
+
+    optimizer, _ = make_optimizer(family.parameters(), learning_rate=learning_rate)
+    fit(closure, optimizer, max_num_iters=rounds, clip_value=clip_value, show_progress_bar=False)

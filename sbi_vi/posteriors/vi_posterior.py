@@ -34,6 +34,7 @@ from sbi_vi.posteriors.setup import (
     resolve_potential,
     resolve_prior,
     resolve_transform,
+    warm_up,
 )
 from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
 from sbi_vi.vi.families import FAMILY_NAMES, Family
@@ -250,15 +251,16 @@ class VIPosterior:
             max_num_iters: Maximum iterations.
             min_num_iters: No convergence stop before this many iterations.
             clip_value: Gradient-norm clipping.
-            warm_up_rounds: Iterations fitting q to the prior before the first training.
+            warm_up_rounds: Iterations fitting q to the prior before the first training
+                (maximum likelihood on prior draws for fKL flows, else reverse KL).
             retrain_from_scratch: Rebuild q before training.
             reset_optimizer: Start a fresh optimizer (and scheduler).
             show_progress_bar: Show a tqdm bar.
             check_for_convergence: Stop when the loss stops improving (else run all iters).
             quality_control: Evaluate q afterwards and warn if it should not be trusted.
             quality_control_metric: ``psis`` or ``prop``.
-            **kwargs: ``eps`` (default 1e-3: training stops once the loss is projected to
-                improve by less than this over the next 200 iterations), ``retain_graph``,
+            **kwargs: ``eps`` (default 1e-3: training stops once the median loss of two
+                blocks of 50 iterations in a row improves by less than this), ``retain_graph``,
                 ``optimizer`` (class), ``scheduler`` (class or ``(class, kwargs)``),
                 ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``
                 (divergence settings), ``seed``.
@@ -287,7 +289,14 @@ class VIPosterior:
         first_fit = self._trained_on is None
         self.potential_fn.set_x(x)
         if first_fit and not self._warm and warm_up_rounds > 0:
-            self._warm_up(warm_up_rounds, n_particles, learning_rate, clip_value)
+            warm_up(
+                self._family,
+                self.prior,
+                rounds=warm_up_rounds,
+                n_particles=n_particles,
+                learning_rate=learning_rate,
+                clip_value=clip_value,
+            )
         self._warm = True
         self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
         stopping = (
@@ -325,23 +334,6 @@ class VIPosterior:
             return out.loss, out.value
 
         return closure
-
-    def _warm_up(self, rounds: int, n_particles: int, learning_rate: float, clip: float) -> None:
-        """Fit q to the prior (reverse KL, one-pass sampling) for ``rounds`` iterations."""
-        from sbi_vi.potentials.base import log_prior_or_zero
-
-        optimizer, _ = make_optimizer(self._family.parameters(), learning_rate=learning_rate)
-        fit(
-            self._loss_closure(
-                build_divergence("rKL"),
-                lambda theta: log_prior_or_zero(self.prior, theta),
-                n_particles,
-            ),
-            optimizer,
-            max_num_iters=rounds,
-            clip_value=clip,
-            show_progress_bar=False,
-        )
 
     def _prepare_optimizer(
         self, learning_rate: float, gamma: float, kwargs: dict, reset: bool

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -71,60 +72,58 @@ class NoStopping(StoppingRule):
 
 @dataclass
 class ConvergenceCheck(StoppingRule):
-    """Stop once the loss is no longer expected to improve.
+    """Stop once the smoothed loss has stopped improving: early stopping with patience.
 
-    Every ``window`` iterations a straight line is fitted to the last ``horizon`` losses;
-    its slope projects the improvement over the next ``horizon`` iterations. Training stops
-    after ``patience`` checks in a row project an improvement below ``eps``, and never
-    before ``min_num_iters``. Fitting a line averages out the particle noise of each loss,
-    so a slowly but steadily improving fit keeps training while a flat one stops.
+    The losses are cut into blocks of ``window`` iterations and each block is summarised by
+    its median, which averages out the particle noise of single losses and ignores their
+    heavy tails (a few huge rKL losses from particles in the tails of the target). A block
+    *improves* if its median lies more than ``eps`` below the best median so far. Training
+    stops after ``patience`` blocks in a row without improvement, and never before
+    ``min_num_iters``. A fit that keeps improving by more than ``eps`` per ``patience``
+    blocks trains on; a flat or merely noisy loss stops after ``patience`` blocks.
 
     Args:
-        eps: Smallest projected improvement (in loss units, e.g. nats of KL) over the next
-            ``horizon`` iterations that is worth training for.
+        eps: Smallest improvement of the block median (in loss units, e.g. nats of KL) that
+            counts as progress.
         min_num_iters: No stop before this many iterations.
-        window: Iterations between two checks.
-        horizon: Number of recent losses in the fit, and the projection horizon.
-        patience: Consecutive flat checks before stopping.
+        window: Iterations per block.
+        patience: Blocks in a row without improvement before stopping.
+
+    Example:
+        >>> rule = ConvergenceCheck(eps=0.01, window=10, patience=2)
+        >>> rule.reset()
+        >>> next(i for i in range(100) if rule.update(i, 1.0))  # flat from the start
+        29
     """
 
     eps: float = 1e-3
     min_num_iters: int = 10
     window: int = 50
-    horizon: int = 200
     patience: int = 2
-    _values: list = field(default_factory=list, repr=False)
+    _block: list = field(default_factory=list, repr=False)
+    _best: float = field(default=math.inf, repr=False)
     _stale: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         check_positive_float("eps", self.eps, allow_zero=True)
         check_positive_int("min_num_iters", self.min_num_iters, allow_zero=True)
         check_positive_int("window", self.window)
-        check_positive_int("horizon", self.horizon)
         check_positive_int("patience", self.patience)
 
     def reset(self) -> None:
-        self._values, self._stale = [], 0
-
-    def projected_improvement(self) -> float:
-        """Loss decrease over the next ``horizon`` iterations projected by the fitted line."""
-        y = torch.tensor(self._values[-self.horizon :], dtype=torch.float64)
-        t = torch.arange(len(y), dtype=torch.float64)
-        t = t - t.mean()
-        slope = float((t * (y - y.mean())).sum() / t.square().sum())
-        return -slope * self.horizon
+        self._block, self._best, self._stale = [], math.inf, 0
 
     def update(self, iteration: int, value: float) -> bool:
         if math.isfinite(value):
-            self._values.append(value)
-            if len(self._values) > self.horizon:
-                del self._values[0]
-        if (iteration + 1) % self.window or len(self._values) < self.horizon // 2:
+            self._block.append(value)
+        if (iteration + 1) % self.window:
             return False
-        if self.projected_improvement() < self.eps:
-            self._stale += 1
+        block, self._block = self._block, []
+        median = statistics.median(block) if block else math.inf
+        if median < self._best - self.eps:
+            self._best, self._stale = median, 0
         else:
-            self._stale = 0
+            self._stale += 1
         return self._stale >= self.patience and iteration + 1 >= self.min_num_iters
 
 
