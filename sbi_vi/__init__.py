@@ -9,6 +9,7 @@ from sbi_vi.potentials import (
     ratio_estimator_based_potential,
 )
 from sbi_vi.priors import BoxUniform, MultipleIndependent, process_prior
+from sbi_vi.simulate import simulate
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,5 @@ __all__ = [
     "likelihood_estimator_based_potential",
     "process_prior",
     "ratio_estimator_based_potential",
+    "simulate",
 ]

@@ -16,4 +16,11 @@ def test_import_does_not_load_matplotlib():
 
 
 def test_public_names():
-    assert set(sbi_vi.plotting.__all__) == {"pairplot", "marginal_plot", "plot_loss", "plot_khat"}
+    assert set(sbi_vi.plotting.__all__) == {
+        "pairplot",
+        "marginal_plot",
+        "plot_loss",
+        "plot_khat",
+        "plot_rank_histogram",
+        "plot_coverage",
+    }
