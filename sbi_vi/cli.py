@@ -26,8 +26,14 @@ def run_demo(
     num_samples: int = 10_000,
     seed: int = 0,
     show_progress_bar: bool = True,
+    simulate_with: str | None = None,
+    num_simulations: int = 10_000,
 ) -> dict:
-    """Infer a benchmark task's posterior with its true likelihood; write plots and a summary.
+    """Infer a benchmark task's posterior; write plots and a summary.
+
+    By default q is fitted to the task's true likelihood. With ``simulate_with="NLE"`` or
+    ``"NRE"`` the full pipeline runs instead: ``num_simulations`` simulations from the prior,
+    a neural likelihood or ratio estimator trained on them, and q fitted to its potential.
 
     Args:
         output_dir: Folder for ``pairplot.png``, ``training_curve.png`` and ``summary.json``.
@@ -39,6 +45,8 @@ def run_demo(
         num_samples: Posterior samples for C2ST and the plot.
         seed: Seed of everything random.
         show_progress_bar: Show the training bar.
+        simulate_with: ``None`` (true likelihood), ``"NLE"`` or ``"NRE"`` (simulations).
+        num_simulations: Simulation budget of the pipeline.
 
     Returns:
         The summary dictionary (also written to ``summary.json``).
@@ -57,12 +65,20 @@ def run_demo(
     task = get_task(task_name)
     x_o = task.get_observation(num_observation)
     reference = task.get_reference_posterior_samples(num_observation)
-    potential, transform = likelihood_estimator_based_potential(task.likelihood, task.prior, x_o)
-    posterior = VIPosterior(
-        potential, task.prior, q=q, theta_transform=transform, vi_method=vi_method
-    )
+    pipeline: dict = {}
+    if simulate_with is None:
+        potential, transform = likelihood_estimator_based_potential(
+            task.likelihood, task.prior, x_o
+        )
+        posterior = VIPosterior(
+            potential, task.prior, q=q, theta_transform=transform, vi_method=vi_method
+        )
+    else:
+        posterior, pipeline = _pipeline_posterior(
+            task, simulate_with, num_simulations, q, vi_method, seed, show_progress_bar
+        )
     wall, cpu = time.perf_counter(), time.process_time()
-    posterior.train(max_num_iters=max_num_iters, show_progress_bar=show_progress_bar)
+    posterior.train(x_o, max_num_iters=max_num_iters, show_progress_bar=show_progress_bar)
     train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
     samples = posterior.sample((num_samples,))
     quality = posterior.evaluate("psis", N=num_samples)
@@ -71,6 +87,8 @@ def run_demo(
     summary = {
         "task": task_name,
         "num_observation": num_observation,
+        "potential": "true likelihood" if simulate_with is None else simulate_with,
+        **pipeline,
         "q": q,
         "vi_method": vi_method,
         "iterations": result.num_iters,
@@ -97,6 +115,39 @@ def run_demo(
     return summary
 
 
+def _pipeline_posterior(
+    task: object,
+    method: str,
+    num_simulations: int,
+    q: str,
+    vi_method: str,
+    seed: int,
+    show_progress_bar: bool,
+) -> tuple[object, dict]:
+    """Simulate, train NLE or NRE, and build an untrained posterior on the estimator."""
+    from sbi_vi.estimators import NLE, NRE
+    from sbi_vi.simulate import simulate
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    theta, x = simulate(
+        task.simulator, task.prior, num_simulations, seed=seed, show_progress_bar=False
+    )
+    sim_wall, sim_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    estimator = (NLE if method == "NLE" else NRE)(task.prior, show_progress_bars=show_progress_bar)
+    wall, cpu = time.perf_counter(), time.process_time()
+    estimator.append_simulations(theta, x).train(seed=seed)
+    est_wall, est_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    posterior = estimator.build_posterior(vi_method=vi_method, vi_parameters={"q": q})
+    return posterior, {
+        "num_simulations": int(theta.shape[0]),
+        "simulation_wall_seconds": round(sim_wall, 2),
+        "simulation_cpu_seconds": round(sim_cpu, 2),
+        "estimator_epochs": int(estimator.summary["epochs_trained"][-1]),
+        "estimator_wall_seconds": round(est_wall, 2),
+        "estimator_cpu_seconds": round(est_cpu, 2),
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbi-vi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-num-iters", type=int, default=2000)
     demo.add_argument("--num-samples", type=int, default=10_000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--simulate",
+        nargs="?",
+        const="NLE",
+        choices=["NLE", "NRE"],
+        help="run the full pipeline: simulations -> NLE (default) or NRE -> VI",
+    )
+    demo.add_argument("--num-simulations", type=int, default=10_000)
     demo.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
     demo.add_argument("--no-progress", action="store_true")
     sub.add_parser("tasks", help="list the benchmark tasks")
@@ -143,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_samples=2000 if args.quick else args.num_samples,
         seed=args.seed,
         show_progress_bar=not args.no_progress,
+        simulate_with=args.simulate,
+        num_simulations=min(args.num_simulations, 1000) if args.quick else args.num_simulations,
     )
     width = max(len(k) for k in summary)
     lines = [f"{k.ljust(width)}  {v}" for k, v in summary.items()]

@@ -29,3 +29,14 @@ def test_tasks_command(capsys):
 def test_unknown_command_exits():
     with pytest.raises(SystemExit):
         main(["fly"])
+
+
+@pytest.mark.slow
+def test_demo_simulate_runs_the_pipeline(tmp_path):
+    argv = ["demo", "--quick", "--simulate", "NRE", "--no-progress", "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["potential"] == "NRE" and summary["num_simulations"] == 1000
+    assert summary["estimator_epochs"] > 0
+    assert 0.5 <= summary["c2st"] < 0.95  # 1,000 simulations: rough, but not the prior
+    assert (tmp_path / "pairplot.png").stat().st_size > 1000
