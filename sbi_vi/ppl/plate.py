@@ -19,19 +19,21 @@ def _subsample_indices(size: int, subsample_size: int) -> Tensor:
     """``subsample_size`` distinct indices of ``range(size)`` in random order (all if equal).
 
     Drawn with the global torch RNG, so ``seed`` makes them reproducible. A small subsample
-    of a large plate is drawn in O(subsample_size) by sequential draws that skip repeats
-    (sampling without replacement); otherwise it is the head of ``torch.randperm(size)``.
+    of a large plate is drawn in O(subsample_size log subsample_size), without a full
+    permutation: iid draws, their distinct values, and a random subset of those of the
+    right size (uniform over subsets by symmetry); otherwise it is the head of
+    ``torch.randperm(size)``.
     """
     if subsample_size >= size:
         return torch.arange(size)
-    if size < 32 * subsample_size or size < 20_000:
+    if size < 4096 or size < 16 * subsample_size:
         return torch.randperm(size)[:subsample_size]
-    extra = subsample_size * subsample_size // size + 8
-    chosen = dict.fromkeys(torch.randint(size, (subsample_size + extra,)).tolist())
-    while len(chosen) < subsample_size:
-        more = torch.randint(size, (subsample_size - len(chosen) + extra,)).tolist()
-        chosen.update(dict.fromkeys(more))
-    return torch.tensor(list(chosen)[:subsample_size])
+    extra = 2 * subsample_size * subsample_size // size + 16
+    while True:
+        distinct = torch.unique(torch.randint(size, (subsample_size + extra,)))
+        if distinct.numel() >= subsample_size:
+            return distinct[torch.randperm(distinct.numel())[:subsample_size]]
+        extra *= 2
 
 
 @functools.lru_cache(maxsize=1024)
@@ -53,9 +55,10 @@ class Plate(Messenger):
     ``replay`` or ``substitute`` handler can supply them (how a guide's minibatch reaches
     the model). Their number must be ``subsample_size`` unless the handler also sets the
     message's ``args`` to ``(size, k)`` for ``k`` indices (inference does this to run a
-    model on chunks of a plate). Re-entering the same plate object reuses them; two plate objects of one
-    name in one run draw their own indices (a trace records the first). Plates work without
-    any other handler: ``with plate("N", 10) as idx:`` broadcasts and gives ``arange(10)``.
+    model on chunks of a plate). Re-entering the same plate object reuses them; two plate
+    objects of one name in one run draw their own indices (a trace records the first).
+    Plates work without any other handler: ``with plate("N", 10) as idx:`` broadcasts and
+    gives ``arange(10)``.
 
     Args:
         name: Name of the plate (a site name; shared by plates that must agree).

@@ -76,6 +76,34 @@ class Divergence(abc.ABC):
     ) -> DivergenceOutput:
         """Evaluate the divergence with ``n_particles`` draws of ``family(context)``."""
 
+    def from_log_densities(
+        self, log_p: Tensor, log_q: Tensor, *, log_q_grad: Tensor | None = None
+    ) -> DivergenceOutput:
+        """Evaluate the divergence on particles that were drawn elsewhere.
+
+        For front ends that cannot hand over a family, e.g. a probabilistic program whose
+        guide is run through effect handlers: they draw the particles themselves and pass
+        their log densities. ``__call__`` computes the same quantities from a family and
+        goes through the same code.
+
+        Args:
+            log_p: Target log density log p̃(θ) of each particle, ``[particles, *batch]``;
+                NaN/±inf marks a particle where the target is zero (it gets weight 0).
+            log_q: log q(θ) of the same particles, ``[particles, *batch]``. For rKL, IW
+                and alpha the particles must be reparametrised draws (θ differentiable in
+                q's parameters); for fKL, θ must be detached (``log_q`` differentiable
+                in the parameters only).
+            log_q_grad: log q(θ) with q's parameters detached, for stick-the-landing and
+                DReG (``None``: use ``log_q``).
+
+        Returns:
+            The :class:`DivergenceOutput` (without the score-function term that pushes
+            q's mass out of the region where the target is zero, which needs the family).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be evaluated from log densities alone."
+        )
+
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({settings})"

@@ -53,7 +53,23 @@ class ForwardKL(Divergence):
         with torch.no_grad():
             theta = q.sample((n_particles,))
             lp = log_p(theta)
-        log_q = q.log_prob(theta)
+        return self.from_log_densities(lp, q.log_prob(theta))
+
+    def from_log_densities(
+        self, log_p: Tensor, log_q: Tensor, *, log_q_grad: Tensor | None = None
+    ) -> DivergenceOutput:
+        """The forward KL of particles drawn from q, ``[particles, *batch]``.
+
+        See :meth:`Divergence.from_log_densities`: θ must be detached, ``log_q``
+        differentiable in q's parameters. ``log_q_grad`` is not used.
+
+        Example:
+            >>> out = ForwardKL().from_log_densities(torch.zeros(4), torch.zeros(4))
+            >>> out.value
+            tensor(0.)
+        """
+        lp = log_p.detach()
+        n_particles = lp.shape[0]
         valid = torch.isfinite(lp) & torch.isfinite(log_q.detach())
         log_w = torch.where(valid, lp - log_q.detach(), float("-inf"))
         weights = torch.softmax(log_w, dim=0)

@@ -12,6 +12,7 @@ reparametrised gradient (Tucker et al., 2019) weights the path derivative of log
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -48,11 +49,20 @@ def _renyi(
         log_q_grad = detached_log_prob(family, theta, context)
     else:
         log_q_grad = log_q
+    out, penalty = _renyi_bound(lp, log_q, log_q_grad, valid, alpha, dreg=dreg)
+    surrogate = invalid_mass_surrogate(family, theta, valid, context, penalty)
+    return replace(out, loss=out.loss + surrogate)
+
+
+def _renyi_bound(
+    lp: Tensor, log_q: Tensor, log_q_grad: Tensor, valid: Tensor, alpha: float, *, dreg: bool
+) -> tuple[DivergenceOutput, Tensor]:
+    """The Rényi bound from ``[K, n, *batch]`` log densities, and the invalid penalty."""
     neg_inf = torch.tensor(float("-inf"), dtype=lp.dtype, device=lp.device)
     log_w_grad = torch.where(valid, lp - log_q_grad, neg_inf)
     log_w = torch.where(valid, lp - log_q, neg_inf).detach()
     scaled = (1.0 - alpha) * log_w  # [K, n, *batch]
-    bound = (torch.logsumexp(scaled, 0) - math.log(shape[0])) / (1.0 - alpha)
+    bound = (torch.logsumexp(scaled, 0) - math.log(lp.shape[0])) / (1.0 - alpha)
     norm_w = torch.softmax(scaled, 0)
     norm_w = torch.nan_to_num(norm_w, nan=0.0)
     coeff = alpha * norm_w + (1.0 - alpha) * norm_w.square() if dreg else norm_w
@@ -60,13 +70,27 @@ def _renyi(
     # gradient of the bound = Σ coeff · ∇ log w  (coefficients detached)
     loss = -(coeff.detach() * safe).sum(0).mean()
     penalty = invalid_penalty(log_w, valid, sample_ndim=2)
-    loss = loss + invalid_mass_surrogate(family, theta, valid, context, penalty)
     fraction = (~valid).to(lp.dtype).mean((0, 1))
     finite_bound = torch.where(torch.isfinite(bound), -bound, penalty.unsqueeze(0))
     value = (1 - fraction) * finite_bound.mean(0) + fraction * penalty
-    k, n = shape
+    k, n = lp.shape[:2]
     flat = log_w.reshape(k * n, *log_w.shape[2:])
-    return DivergenceOutput(loss, value.detach(), flat, int((~valid).sum()))
+    return DivergenceOutput(loss, value.detach(), flat, int((~valid).sum())), penalty
+
+
+def _bound_from_log_densities(
+    log_p: Tensor, log_q: Tensor, log_q_grad: Tensor | None, k: int, alpha: float, dreg: bool
+) -> DivergenceOutput:
+    """``[K·n, *batch]`` particles (K-major) -> the Rényi bound of n groups of K."""
+    if log_p.shape[0] % k:
+        raise ValueError(
+            f"`log_p` must hold a multiple of {k} particles (groups of K), got {log_p.shape[0]}."
+        )
+    shape = (k, log_p.shape[0] // k, *log_p.shape[1:])
+    lp, lq = log_p.reshape(shape), log_q.reshape(shape)
+    lq_grad = lq if log_q_grad is None else log_q_grad.reshape(shape)
+    out, _ = _renyi_bound(lp, lq, lq_grad, torch.isfinite(lp), alpha, dreg=dreg)
+    return out
 
 
 class ImportanceWeighted(Divergence):
@@ -114,6 +138,22 @@ class ImportanceWeighted(Divergence):
             stick_the_landing=self.stick_the_landing,
             dreg=self.dreg,
         )
+
+    def from_log_densities(
+        self, log_p: Tensor, log_q: Tensor, *, log_q_grad: Tensor | None = None
+    ) -> DivergenceOutput:
+        """The bound of particles ``[K·n, *batch]``: n groups of ``K``, K-major.
+
+        Particle ``k·n + i`` is the k-th member of group i (``reshape(K, n, *batch)``).
+        See :meth:`Divergence.from_log_densities`; pass ``log_q_grad`` for DReG and
+        stick-the-landing.
+
+        Example:
+            >>> out = ImportanceWeighted(K=2).from_log_densities(torch.zeros(6), torch.zeros(6))
+            >>> out.value
+            tensor(0.)
+        """
+        return _bound_from_log_densities(log_p, log_q, log_q_grad, self.K, 0.0, self.dreg)
 
 
 class RenyiAlpha(Divergence):
@@ -169,3 +209,14 @@ class RenyiAlpha(Divergence):
             stick_the_landing=self.stick_the_landing,
             dreg=self.dreg,
         )
+
+    def from_log_densities(
+        self, log_p: Tensor, log_q: Tensor, *, log_q_grad: Tensor | None = None
+    ) -> DivergenceOutput:
+        """The bound over all particles ``[particles, *batch]``.
+
+        See :meth:`Divergence.from_log_densities`; pass ``log_q_grad`` for DReG and
+        stick-the-landing.
+        """
+        n = log_p.shape[0]
+        return _bound_from_log_densities(log_p, log_q, log_q_grad, n, self.alpha, self.dreg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -62,10 +64,42 @@ class ReverseKL(Divergence):
             log_q_grad = detached_log_prob(family, theta, context)
         else:
             log_q_grad = log_q
-        log_w = torch.where(valid, lp - log_q, float("-inf")).detach()
-        penalty = invalid_penalty(log_w, valid)
-        loss = masked_mean(log_q_grad - lp, valid).mean()
-        loss = loss + invalid_mass_surrogate(family, theta, valid, context, penalty)
-        fraction = (~valid).to(lp.dtype).mean(0)
-        value = (1 - fraction) * masked_mean(-log_w, valid) + fraction * penalty
-        return DivergenceOutput(loss, value, log_w, int((~valid).sum()))
+        out, penalty = _reverse_kl(lp, log_q, log_q_grad, valid)
+        if penalty is None:  # every particle valid: no mass to push out
+            return out
+        surrogate = invalid_mass_surrogate(family, theta, valid, context, penalty)
+        return replace(out, loss=out.loss + surrogate)
+
+    def from_log_densities(
+        self, log_p: Tensor, log_q: Tensor, *, log_q_grad: Tensor | None = None
+    ) -> DivergenceOutput:
+        """The negative ELBO of reparametrised particles ``[particles, *batch]``.
+
+        See :meth:`Divergence.from_log_densities`. With ``stick_the_landing`` pass
+        ``log_q_grad`` (log q with detached parameters).
+
+        Example:
+            >>> out = ReverseKL().from_log_densities(torch.zeros(4), torch.ones(4))
+            >>> out.loss, out.value
+            (tensor(1.), tensor(1.))
+        """
+        valid = torch.isfinite(log_p)
+        out, _ = _reverse_kl(log_p, log_q, log_q if log_q_grad is None else log_q_grad, valid)
+        return out
+
+
+def _reverse_kl(
+    lp: Tensor, log_q: Tensor, log_q_grad: Tensor, valid: Tensor
+) -> tuple[DivergenceOutput, Tensor | None]:
+    """The rKL output from ``[particles, *batch]`` log densities, and the invalid penalty
+    (``None`` when every particle is valid: the common case takes a few tensor ops)."""
+    if bool(valid.all()):
+        diff = log_q_grad - lp
+        neg_w = diff.detach() if log_q_grad is log_q else (log_q - lp).detach()
+        return DivergenceOutput(diff.mean(), neg_w.mean(0), -neg_w, 0), None
+    log_w = torch.where(valid, lp - log_q, float("-inf")).detach()
+    penalty = invalid_penalty(log_w, valid)
+    loss = masked_mean(log_q_grad - lp, valid).mean()
+    fraction = (~valid).to(lp.dtype).mean(0)
+    value = (1 - fraction) * masked_mean(-log_w, valid) + fraction * penalty
+    return DivergenceOutput(loss, value, log_w, int((~valid).sum())), penalty

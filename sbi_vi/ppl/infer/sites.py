@@ -1,0 +1,276 @@
+"""What inference needs to know about a model: its plates and latent sites, found by one run.
+
+:func:`inspect_model` runs the model once, vectorised over one particle, with every
+subsampled plate at its full size and each latent site set to an initial value; the result
+(:class:`ModelInfo`) fixes the shapes, supports and plates that autoguides, ``SVI`` and the
+summaries rely on (like the prototype trace of Pyro's autoguides).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import biject_to, constraints
+from torch.distributions.constraints import Constraint
+from torch.distributions.transforms import ExpTransform, IndependentTransform, Transform
+
+from sbi_vi.ppl.handlers import block, seed, trace
+from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
+from sbi_vi.ppl.params import ParamStore
+from sbi_vi.ppl.particles import PARTICLE_PLATE
+from sbi_vi.ppl.plate import _subsample_indices
+from sbi_vi.ppl.runtime import Message, PlateFrame
+
+__all__ = [
+    "LatentSite",
+    "ModelInfo",
+    "PlateInfo",
+    "bijector",
+    "inspect_model",
+    "natural_shape",
+]
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    """A plate of the model: name, full size, declared subsample size, batch dim."""
+
+    name: str
+    size: int
+    subsample_size: int
+    dim: int
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether the model draws a minibatch of this plate."""
+        return self.subsample_size < self.size
+
+    def full_indices(self) -> Tensor:
+        """All indices of the plate, ``[size]``."""
+        return torch.arange(self.size)
+
+
+@dataclass(frozen=True, eq=False)
+class LatentSite:
+    """A latent sample site of the model, in the layout of the vectorised model.
+
+    Attributes:
+        name: Site name.
+        shape: Value shape without the particle dim, ``[*batch(K), *event]``, with every
+            subsampled plate at its full size.
+        event_shape: The site's event shape.
+        support: The support of its distribution.
+        transform: ``biject_to(support)`` from unconstrained space; ``None`` for ℝ.
+        unconstrained_shape: ``transform.inverse_shape(shape)``.
+        frames: The model plates enclosing the site, innermost first.
+        init: Initial constrained value, shape ``shape``.
+        natural_shape: The value's shape in a plain (not vectorised) run of the model.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    event_shape: tuple[int, ...]
+    support: Constraint
+    transform: Transform | None
+    unconstrained_shape: tuple[int, ...]
+    frames: tuple[PlateFrame, ...]
+    init: Tensor
+    natural_shape: tuple[int, ...]
+    max_plate_nesting: int
+
+    @property
+    def numel(self) -> int:
+        """Number of unconstrained coordinates."""
+        return math.prod(self.unconstrained_shape)
+
+    @property
+    def unconstrained_event_ndim(self) -> int:
+        """Number of event dims of the unconstrained value."""
+        return len(self.unconstrained_shape) - self.max_plate_nesting
+
+    def local_frames(self, plates: dict[str, PlateInfo]) -> tuple[PlateFrame, ...]:
+        """The enclosing frames whose plates the model subsamples."""
+        return tuple(f for f in self.frames if plates[f.name].subsampled)
+
+
+@dataclass(eq=False)
+class ModelInfo:
+    """The plates and sites of a model (see :func:`inspect_model`).
+
+    Attributes:
+        max_plate_nesting: ``K``, the number of plate dims.
+        plates: The model's plates by name (not the particle plate).
+        latent: Latent sample sites by name, in execution order.
+        observed: Names of the observed sample sites.
+        deterministic: Names of the deterministic sites.
+        site_frames: The enclosing plates of every sample and deterministic site.
+    """
+
+    max_plate_nesting: int
+    plates: dict[str, PlateInfo]
+    latent: dict[str, LatentSite]
+    observed: list[str]
+    deterministic: list[str]
+    site_frames: dict[str, tuple[PlateFrame, ...]] = field(default_factory=dict)
+
+    @cached_property
+    def subsampled_plates(self) -> list[str]:
+        """Names of the plates the model subsamples."""
+        return [name for name, p in self.plates.items() if p.subsampled]
+
+    def local_sites(self) -> list[str]:
+        """Latent sites inside a subsampled plate (one value per data point)."""
+        return [n for n, s in self.latent.items() if s.local_frames(self.plates)]
+
+    def full_indices(self) -> dict[str, Tensor]:
+        """The full index set of every subsampled plate."""
+        return {name: self.plates[name].full_indices() for name in self.subsampled_plates}
+
+    def draw_indices(self) -> dict[str, Tensor]:
+        """A fresh minibatch of every subsampled plate (global torch RNG)."""
+        return {
+            name: _subsample_indices(self.plates[name].size, self.plates[name].subsample_size)
+            for name in self.subsampled_plates
+        }
+
+
+def _frames(msg: Message) -> tuple[PlateFrame, ...]:
+    return tuple(f for f in msg.cond_indep_stack if f.name != PARTICLE_PLATE)
+
+
+def natural_shape(shape: tuple[int, ...], frames: tuple[PlateFrame, ...], k: int) -> tuple:
+    """The shape ``[*batch(K), *rest]`` of the vectorised layout, as a plain run has it.
+
+    A plain run pads a site's batch shape only as far as its own plates reach, so the
+    leading batch dims beyond them (all of size 1) are dropped.
+    """
+    reach = max((-f.dim for f in frames), default=0)
+    return tuple(shape[k - reach :])
+
+
+def inspect_model(
+    model: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    *,
+    store: ParamStore | None = None,
+    init_loc_fn: Callable[[Message], Tensor] | None = None,
+    rng_seed: int = 0,
+) -> ModelInfo:
+    """Run ``model`` twice (seeded, hidden from outer handlers) and describe it.
+
+    The first run finds the plates and ``K``; the second, vectorised over one particle with
+    every subsampled plate at its full size, records each latent site's shape and support
+    and sets it to ``init_loc_fn(msg)`` (a draw from its prior if ``None``), so later sites
+    see initialised upstream values.
+
+    Args:
+        model: The model.
+        args: Its positional arguments.
+        kwargs: Its keyword arguments.
+        store: Parameter store of the model's ``param`` sites (created there if new).
+        init_loc_fn: Initial values of latent sites (see :mod:`~sbi_vi.ppl.infer.init`).
+        rng_seed: Seed of the two runs (the caller's RNG is left alone).
+
+    Returns:
+        The :class:`ModelInfo`.
+
+    Raises:
+        ValueError: If a latent site has a discrete support.
+    """
+    store = ParamStore() if store is None else store
+    with block(), seed(rng_seed=rng_seed):
+        first = trace(ModelRunner(store=store, log_joint=False)(model)).get_trace(*args, **kwargs)
+    k = max((-f.dim for msg in first.values() for f in _frames(msg)), default=0)
+    plates = {
+        name: PlateInfo(name, int(msg.args[0]), int(msg.value.shape[0]), _plate_dim(first, name))
+        for name, msg in first.items()
+        if msg.type == "plate"
+    }
+    runner = ModelRunner(
+        indices={n: p.full_indices() for n, p in plates.items() if p.subsampled},
+        store=store,
+        max_plate_nesting=k,
+        log_joint=False,
+        init_fn=init_loc_fn,
+    )
+    with block(), seed(rng_seed=rng_seed), torch.no_grad():
+        with trace() as tr, runner, particle_plate(1, k):
+            model(*args, **kwargs)
+    latent: dict[str, LatentSite] = {}
+    for name, msg in tr.items():
+        if msg.type != "sample" or msg.is_observed:
+            continue
+        fn = msg.fn
+        if fn.support.is_discrete:
+            raise ValueError(
+                f"latent site {name!r} is discrete ({type(fn).__name__}); autoguides and SVI "
+                "here need continuous latent variables. Marginalise it out by hand, or "
+                "observe it."
+            )
+        value = msg.value.detach()
+        shape = tuple(value.shape[1:])
+        support = fn.support
+        transform = bijector(support)
+        ushape = shape if transform is None else tuple(transform.inverse_shape(shape))
+        frames = _frames(msg)
+        latent[name] = LatentSite(
+            name=name,
+            shape=shape,
+            event_shape=tuple(fn.event_shape),
+            support=support,
+            transform=transform,
+            unconstrained_shape=ushape,
+            frames=frames,
+            init=value[0],
+            natural_shape=natural_shape(shape, frames, k),
+            max_plate_nesting=k,
+        )
+    return ModelInfo(
+        max_plate_nesting=k,
+        plates=plates,
+        latent=latent,
+        observed=[n for n, m in tr.items() if m.type == "sample" and m.is_observed],
+        deterministic=[n for n, m in tr.items() if m.type == "deterministic"],
+        site_frames={
+            n: _frames(m) for n, m in tr.items() if m.type in ("sample", "deterministic")
+        },
+    )
+
+
+def _plate_dim(tr: Any, name: str) -> int:
+    for msg in tr.values():
+        for f in msg.cond_indep_stack:
+            if f.name == name:
+                return f.dim
+    return -1  # a plate without sites
+
+
+def bijector(support: Constraint) -> Transform | None:
+    """``biject_to(support)``: ``None`` for ℝ, a plain ``exp`` for the positive reals.
+
+    torch registers bijections by constraint *type*, so ``positive`` gets the general
+    ``greater_than`` map (``exp`` followed by a shift by 0); the plain ``exp`` is the same
+    map at half the cost.
+    """
+    base, ndims = support, 0
+    while isinstance(base, constraints.independent):
+        ndims += base.reinterpreted_batch_ndims
+        base = base.base_constraint
+    if base is constraints.real:
+        return None
+    bound = getattr(base, "lower_bound", None)
+    if (
+        type(base) in (constraints.greater_than, constraints.greater_than_eq)
+        and isinstance(bound, int | float)
+        and bound == 0
+    ):
+        exp = ExpTransform()
+        return IndependentTransform(exp, ndims) if ndims else exp
+    return biject_to(support)
