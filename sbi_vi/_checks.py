@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -95,3 +96,17 @@ def check_unknown_kwargs(where: str, kwargs: dict[str, Any], known: Iterable[str
             f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
             f"accepted: {', '.join(sorted(known))}."
         )
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run the block with ``torch.manual_seed(seed)``, restoring the global RNG after.
+
+    ``None`` runs the block on the global generator as it is.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(check_positive_int("seed", seed, allow_zero=True))
+        yield

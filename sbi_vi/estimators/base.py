@@ -9,10 +9,8 @@ every round, and wraps the trained network into a :class:`~sbi_vi.posteriors.VIP
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -20,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
-from sbi_vi._checks import as_tensor, check_positive_int
+from sbi_vi._checks import as_tensor, check_positive_int, seeded
 from sbi_vi.errors import SimulationWarning
 from sbi_vi.estimators.training import (
     EstimatorLoss,
@@ -37,17 +35,6 @@ __all__ = ["NeuralEstimator"]
 logger = logging.getLogger(__name__)
 
 _RESERVED_VI_KEYS = ("potential_fn", "prior", "theta_transform")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Run the block with ``torch.manual_seed(seed)``, restoring the global RNG after."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(check_positive_int("seed", seed, allow_zero=True))
-        yield
 
 
 class NeuralEstimator(abc.ABC):
@@ -231,7 +218,7 @@ class NeuralEstimator(abc.ABC):
         start_round = int(discard_prior_samples and self._round > 0)
         theta, x = self.get_simulations(start_round)
         theta, x = theta.to(self._device), x.to(self._device)
-        with _seeded(seed):
+        with seeded(seed):
             if resume_training:
                 if self._state is None or self._neural_net is None:
                     raise RuntimeError("`resume_training=True` needs an earlier `train()` call.")

@@ -24,6 +24,7 @@ from sbi_vi._checks import (
     check_choice,
     check_positive_int,
     check_unknown_kwargs,
+    seeded,
 )
 from sbi_vi.errors import NotTrainedError, QualityWarning
 from sbi_vi.posteriors.map import gradient_ascent
@@ -263,7 +264,8 @@ class VIPosterior:
                 blocks of 50 iterations in a row improves by less than this), ``retain_graph``,
                 ``optimizer`` (class), ``scheduler`` (class or ``(class, kwargs)``),
                 ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``
-                (divergence settings), ``seed``.
+                (divergence settings), ``seed`` (seeds the training; the caller's random
+                state is restored afterwards).
 
         Returns:
             ``self``, for chaining.
@@ -278,51 +280,50 @@ class VIPosterior:
         min_num_iters = check_positive_int("min_num_iters", min_num_iters, allow_zero=True)
         warm_up_rounds = check_positive_int("warm_up_rounds", warm_up_rounds, allow_zero=True)
         check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
-        if kwargs.get("seed") is not None:
-            torch.manual_seed(int(kwargs["seed"]))
-        x = self._resolve_x(x)
-        divergence = build_divergence(
-            self._vi_method, **{k: v for k, v in kwargs.items() if k in _DIVERGENCE_KWARGS}
-        )
-        if retrain_from_scratch:
-            self.set_q(self._q_arg, *self._q_params)
-        first_fit = self._trained_on is None
-        self.potential_fn.set_x(x)
-        if first_fit and not self._warm and warm_up_rounds > 0:
-            warm_up(
-                self._family,
-                self.prior,
-                rounds=warm_up_rounds,
-                n_particles=n_particles,
-                learning_rate=learning_rate,
-                clip_value=clip_value,
+        with seeded(kwargs.get("seed")):  # the caller's random state is restored after
+            x = self._resolve_x(x)
+            divergence = build_divergence(
+                self._vi_method, **{k: v for k, v in kwargs.items() if k in _DIVERGENCE_KWARGS}
             )
-        self._warm = True
-        self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
-        stopping = (
-            ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
-            if check_for_convergence
-            else None
-        )
-        result = fit(
-            self._loss_closure(divergence, self.potential_fn, n_particles),
-            self._optimizer,
-            scheduler=self._scheduler,
-            max_num_iters=max_num_iters,
-            clip_value=clip_value,
-            stopping=stopping,
-            retain_graph=bool(kwargs.get("retain_graph", False)),
-            show_progress_bar=show_progress_bar,
-            description=f"VI ({self._vi_method})",
-        )
-        self.history.append(result)
-        self._trained_on = x
-        self._map_cache.clear()
-        if self._x is None:
-            self._x = x
-        if quality_control:
-            self._quality_control(quality_control_metric)
-        return self
+            if retrain_from_scratch:
+                self.set_q(self._q_arg, *self._q_params)
+            first_fit = self._trained_on is None
+            self.potential_fn.set_x(x)
+            if first_fit and not self._warm and warm_up_rounds > 0:
+                warm_up(
+                    self._family,
+                    self.prior,
+                    rounds=warm_up_rounds,
+                    n_particles=n_particles,
+                    learning_rate=learning_rate,
+                    clip_value=clip_value,
+                )
+            self._warm = True
+            self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
+            stopping = (
+                ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
+                if check_for_convergence
+                else None
+            )
+            result = fit(
+                self._loss_closure(divergence, self.potential_fn, n_particles),
+                self._optimizer,
+                scheduler=self._scheduler,
+                max_num_iters=max_num_iters,
+                clip_value=clip_value,
+                stopping=stopping,
+                retain_graph=bool(kwargs.get("retain_graph", False)),
+                show_progress_bar=show_progress_bar,
+                description=f"VI ({self._vi_method})",
+            )
+            self.history.append(result)
+            self._trained_on = x
+            self._map_cache.clear()
+            if self._x is None:
+                self._x = x
+            if quality_control:
+                self._quality_control(quality_control_metric)
+            return self
 
     def _loss_closure(
         self, divergence: Divergence, log_p: Callable[[Tensor], Tensor], n_particles: int

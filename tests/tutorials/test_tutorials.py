@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 TUTORIALS_DIR = Path(__file__).resolve().parents[2] / "tutorials"
-TUTORIALS = sorted(TUTORIALS_DIR.glob("[0-9][0-9]_*.py"))
+# tutorials with a test file of their own (tests/tutorials/test_<topic>_tutorial.py)
+OWN_TESTS = {"03_ppl_svi"}
+TUTORIALS = sorted(t for t in TUTORIALS_DIR.glob("[0-9][0-9]_*.py") if t.stem not in OWN_TESTS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,6 +40,34 @@ def _check_single_observation(summary: dict, output_dir: Path) -> None:
     assert (output_dir / summary["files"]["posterior"]).is_file()
 
 
+def _check_simulator_to_posterior(summary: dict, output_dir: Path) -> None:
+    """Tutorial 2: both variants are scored, and the calibration results are well formed."""
+    rounds = summary["settings"]["num_rounds"]
+    variants = summary["variants"]
+    assert rounds >= 2
+    assert set(variants) == {"1_round", f"{rounds}_rounds"}
+    for result in variants.values():
+        assert 0.5 <= result["c2st"] <= 1.0
+        assert not math.isnan(result["khat"])
+        assert 1.0 <= result["ess"] <= summary["settings"]["num_eval"] + 1e-6
+    assert summary["c2st"] == variants[f"{rounds}_rounds"]["c2st"]
+    assert math.isclose(
+        summary["c2st_improvement"],
+        variants["1_round"]["c2st"] - variants[f"{rounds}_rounds"]["c2st"],
+    )
+    calibration = summary["calibration"]
+    assert calibration["num_simulations"] == summary["settings"]["calibration"]["num_simulations"]
+    pvalues = calibration["sbc_ks_pvalues"] + calibration["sbc_chi2_pvalues"]
+    assert len(pvalues) == 4 and all(0.0 <= p <= 1.0 for p in pvalues)
+    coverage = calibration["coverage"]
+    assert len(coverage) == len(calibration["coverage_levels"])
+    assert all(0.0 <= c <= 1.0 for c in coverage)
+    assert coverage == sorted(coverage)  # a CDF: non-decreasing
+    assert coverage[-1] == 1.0  # every θ* lies in the 100% region
+    assert isinstance(calibration["sbc_passed"], bool)
+    assert isinstance(calibration["coverage_passed"], bool)
+
+
 #: Per tutorial: the PNG files it writes, the largest C2ST accepted in quick mode, and
 #: further checks of its summary.
 EXPECTED: dict[str, dict] = {
@@ -45,6 +75,11 @@ EXPECTED: dict[str, dict] = {
         "png": ["pairplot.png"],
         "max_c2st": 0.75,
         "check": _check_single_observation,
+    },
+    "02_simulator_to_posterior": {
+        "png": ["pairplot.png", "ranks.png", "coverage.png"],
+        "max_c2st": 0.98,
+        "check": _check_simulator_to_posterior,
     },
 }
 
