@@ -1,0 +1,1140 @@
+"""Side-by-side benchmark of the whole pipeline against ``sbi==0.27.0``.
+
+Simulator → neural estimator (NLE with an NSF flow, or NRE-C with a residual classifier) →
+VI (``q="nsf"``, ``vi_method="rKL"``) for observations 1–3, in both packages at their
+defaults, in one process with alternating package order, one torch thread and one BLAS
+thread. Each task is simulated once (10,000 simulations, fixed seed, with
+``sbi_vi.simulate``); both packages train on those same ``theta``/``x`` tensors, with the
+same prior bounds (sbi gets its own ``sbi.utils.BoxUniform``). Every finished run (one
+package × task × method: one estimator and one VI per observation) is appended at once as
+one JSON line to ``benchmarks/results/pipeline.jsonl``; ``--report`` rebuilds the table in
+``benchmarks/README.md`` from that file.
+
+Usage (from the repository root, in the benchmark venv)::
+
+    .venv-bench/bin/python benchmarks/pipeline.py --quick             # smoke test, minutes
+    .venv-bench/bin/python benchmarks/pipeline.py                     # the grid (about an hour+)
+    .venv-bench/bin/python benchmarks/pipeline.py --tasks slcp --methods NRE --packages sbi
+    .venv-bench/bin/python benchmarks/pipeline.py --c2st-missing      # C2ST left to do
+    .venv-bench/bin/python benchmarks/pipeline.py --report            # table -> README.md
+
+Per run it records the simulation seconds of the package's own simulation call (sbi_vi:
+``simulate``; sbi: ``simulate_for_sbi`` with the same batch size, whose output is thrown
+away), the wall and CPU seconds and epochs of the estimator's ``train()``, and per
+observation the seconds of ``build_posterior`` + ``set_default_x(x_o).train()`` (quality
+control included, and timed apart) and of ``posterior.sample((10_000,))``, PSIS k-hat of
+those draws against the package's own potential, and C2ST against the reference posterior
+(from the saved draws, in a low-priority worker, ``--c2st-max-samples`` rows of each set).
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread everywhere (torch, and the BLAS under numpy/scikit-learn for C2ST), before
+# numpy and torch are imported.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime as dt  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from importlib import metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DEFAULT_OUTPUT = RESULTS / "pipeline.jsonl"
+QUICK_OUTPUT = RESULTS / "pipeline_quick.jsonl"
+# q draws kept for the C2ST worker; `benchmarks/results/*.tmp` is gitignored.
+SAMPLES_DIR = RESULTS / "pipeline_samples.tmp"
+README = ROOT / "README.md"
+TABLE_START = "<!-- pipeline table: start -->"
+TABLE_END = "<!-- pipeline table: end -->"
+
+TASKS = ("two_moons", "slcp")
+METHODS = ("NLE", "NRE")
+PACKAGES = ("sbi_vi", "sbi")
+OBSERVATIONS = (1, 2, 3)
+NUM_SIMULATIONS = 10_000
+SIMULATION_BATCH_SIZE = 1000
+DENSITY_ESTIMATOR = "nsf"  # NLE, both packages
+CLASSIFIER = "resnet"  # NRE-C, both packages (sbi's default)
+VI_Q = "nsf"
+VI_METHOD = "rKL"
+
+# Targets.
+C2ST_MARGIN = 0.02
+TIME_RATIO = 0.5
+
+logger = logging.getLogger("pipeline_bench")
+
+
+# ---------------------------------------------------------------------------- set-up
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=ROOT.parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _source_hash() -> str:
+    """Hash of the sbi_vi sources as imported (the package may be edited concurrently)."""
+    import sbi_vi
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """What a row needs to be read later: machine, versions, code state."""
+    import sbi_vi
+
+    return {
+        "device": "cpu",
+        "device_name": _cpu_model(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sbi": _version("sbi"),
+        "sbi_vi": _version("sbi_vi"),
+        "sbi_vi_path": str(Path(sbi_vi.__file__).parent),
+        "zuko": _version("zuko"),
+        "nflows": _version("nflows"),
+        "sklearn": _version("scikit-learn"),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "sbi_vi_dirty": bool(_git("status", "--porcelain", "sbi_vi")),
+        "sbi_vi_src_hash": _source_hash(),
+    }
+
+
+class _Timer:
+    """Wall and CPU seconds of a block (``with timer.time(): ...``) or of wrapped calls."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.calls = 0
+
+    @contextlib.contextmanager
+    def time(self) -> Iterator[None]:
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall += time.perf_counter() - w
+            self.cpu += time.process_time() - c
+            self.calls += 1
+
+    def wrap(self, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.time():
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+class TrainTimeout(Exception):
+    """A ``train()`` ran past ``--timeout``."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None, what: str):
+    """Raise :class:`TrainTimeout` in the main thread after ``seconds`` (POSIX only)."""
+    import signal
+
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TrainTimeout(f"{what} ran past the time limit of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
+def _error(err: BaseException) -> dict[str, Any]:
+    out = {
+        "error": f"{type(err).__name__}: {err}"[:1000],
+        "traceback": traceback.format_exc()[-3000:],
+    }
+    if isinstance(err, TrainTimeout):
+        out["timed_out"] = True
+    return out
+
+
+def _warnings(caught: list) -> list[str] | None:
+    return sorted({f"{w.category.__name__}: {str(w.message)[:300]}" for w in caught}) or None
+
+
+# ---------------------------------------------------------------------------- data
+class Problem:
+    """One task: the shared simulations, the priors of both packages, the observations."""
+
+    def __init__(self, name: str, args: argparse.Namespace):
+        from sbi_vi.tasks import get_task
+
+        self.name = name
+        self.task = get_task(name)
+        self.prior = self.task.prior
+        self.sbi_prior = sbi_prior_like(self.prior)
+        self.num_simulations = args.num_simulations
+        self.seed = args.seed
+        self.observations = {i: self.task.get_observation(i) for i in args.observations}
+        self.simulate_info: dict[str, dict[str, Any]] = {}
+        self.theta, self.x = self._simulate()
+
+    def _simulate(self) -> tuple[Tensor, Tensor]:
+        """Simulate once with ``sbi_vi.simulate`` (these are the data both packages get);
+        time ``sbi.simulate_for_sbi`` on the same simulator and bounds (output unused)."""
+        from sbi.inference import simulate_for_sbi
+
+        from sbi_vi import simulate
+
+        info: dict[str, Any] = {}
+        timer = _Timer()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with timer.time():
+                theta, x = simulate(
+                    self.task.simulator,
+                    self.prior,
+                    self.num_simulations,
+                    simulation_batch_size=SIMULATION_BATCH_SIZE,
+                    seed=self.seed,
+                    show_progress_bar=False,
+                )
+        info["simulate_wall_s"], info["simulate_cpu_s"] = timer.wall, timer.cpu
+        info["simulate_warnings"] = _warnings(caught)
+        self.simulate_info["sbi_vi"] = info
+
+        info, timer = {}, _Timer()
+        with torch.random.fork_rng(devices=[]), timer.time():
+            # simulate_for_sbi seeds every global generator: fork torch's, not to leak it.
+            simulate_for_sbi(
+                self.task.simulator,
+                self.sbi_prior,
+                self.num_simulations,
+                simulation_batch_size=SIMULATION_BATCH_SIZE,
+                seed=self.seed,
+                show_progress_bar=False,
+            )
+        info["simulate_wall_s"], info["simulate_cpu_s"] = timer.wall, timer.cpu
+        self.simulate_info["sbi"] = info
+        digest = hashlib.sha1(theta.numpy().tobytes() + x.numpy().tobytes()).hexdigest()[:12]
+        self.data_hash = digest
+        self.num_valid = int(x.shape[0])
+        return theta, x
+
+
+def sbi_prior_like(prior: Any) -> Any:
+    """sbi's ``BoxUniform`` with the bounds of the task's (sbi_vi) ``BoxUniform``."""
+    from sbi.utils import BoxUniform as SbiBoxUniform
+
+    from sbi_vi.priors import BoxUniform
+
+    if isinstance(prior, BoxUniform):
+        return SbiBoxUniform(prior.low.clone(), prior.high.clone())
+    raise TypeError(f"No sbi equivalent known for prior {prior!r}.")
+
+
+# ---------------------------------------------------------------------------- one run
+def make_estimator(package: str, method: str, prior: Any) -> Any:
+    """The estimator at its defaults (NLE: ``density_estimator="nsf"``; NRE-C: resnet)."""
+    if package == "sbi_vi":
+        from sbi_vi.estimators import NLE, NRE_C
+
+        if method == "NLE":
+            return NLE(prior, density_estimator=DENSITY_ESTIMATOR, show_progress_bars=False)
+        return NRE_C(prior, classifier=CLASSIFIER, show_progress_bars=False)
+    from sbi.inference import NLE as SbiNLE
+    from sbi.inference import NRE_C as SbiNRE_C
+
+    if method == "NLE":
+        return SbiNLE(prior=prior, density_estimator=DENSITY_ESTIMATOR, show_progress_bars=False)
+    return SbiNRE_C(prior=prior, classifier=CLASSIFIER, show_progress_bars=False)
+
+
+def train_estimator(
+    package: str,
+    problem: Problem,
+    method: str,
+    train_kwargs: dict,
+    timeout: float | None,
+    theta: Tensor | None = None,
+    x: Tensor | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Build the estimator, append the shared simulations, time ``train()``."""
+    prior = problem.prior if package == "sbi_vi" else problem.sbi_prior
+    theta = problem.theta if theta is None else theta
+    x = problem.x if x is None else x
+    info: dict[str, Any] = {}
+    timer = _Timer()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), _time_limit(timeout, f"{method}.train()"):
+        with timer.time():
+            inference = make_estimator(package, method, prior)
+            inference.append_simulations(theta.clone(), x.clone())
+            inference.train(**train_kwargs)
+    info["estimator_wall_s"], info["estimator_cpu_s"] = timer.wall, timer.cpu
+    summary = inference.summary
+    info["epochs"] = int(summary["epochs_trained"][-1])
+    info["best_validation_loss"] = float(summary["best_validation_loss"][-1])
+    durations = summary.get("epoch_durations_sec") or []
+    info["epoch_wall_s_median"] = statistics.median(durations) if durations else None
+    info["estimator_stdout"] = stdout.getvalue().strip()[-600:] or None
+    return inference, info
+
+
+def train_vi(
+    package: str,
+    inference: Any,
+    x_o: Tensor,
+    vi_kwargs: dict,
+    timeout: float | None,
+) -> tuple[Any, dict[str, Any]]:
+    """``build_posterior(sample_with="vi", ...)`` then ``set_default_x(x_o).train()``."""
+    info: dict[str, Any] = {}
+    build, train, qc = _Timer(), _Timer(), _Timer()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), _time_limit(timeout, "VI train()"):
+        with build.time():
+            posterior = inference.build_posterior(
+                sample_with="vi", vi_method=VI_METHOD, vi_parameters={"q": VI_Q}
+            )
+        # Time the quality-control part of train() without a second training.
+        if package == "sbi_vi":
+            if hasattr(posterior, "_quality_control"):
+                posterior._quality_control = qc.wrap(posterior._quality_control)
+        else:
+            posterior.evaluate = qc.wrap(posterior.evaluate)  # sbi's QC calls self.evaluate
+        with train.time():
+            posterior.set_default_x(x_o)
+            posterior.train(show_progress_bar=False, **vi_kwargs)
+    info["vi_build_wall_s"], info["vi_build_cpu_s"] = build.wall, build.cpu
+    info["vi_train_wall_s"], info["vi_train_cpu_s"] = train.wall, train.cpu
+    info["vi_wall_s"] = build.wall + train.wall
+    info["vi_cpu_s"] = build.cpu + train.cpu
+    info["qc_wall_s"] = qc.wall if qc.calls else None
+    info["qc_cpu_s"] = qc.cpu if qc.calls else None
+    printed = stdout.getvalue().strip()
+    info["vi_stdout"] = printed[-600:] or None
+    if package == "sbi_vi":
+        last = posterior.history[-1]
+        info["vi_iters"] = int(last.num_iters)
+        info["vi_converged"] = bool(last.converged)
+    else:
+        info["vi_iters"] = int(posterior._optimizer.num_step)
+        info["qc_retrained"] = "automatically retraining" in printed
+    return posterior, info
+
+
+def sample_and_khat(
+    package: str, posterior: Any, x_o: Tensor, num_samples: int
+) -> tuple[Tensor, dict[str, Any]]:
+    """Time ``posterior.sample``; PSIS k-hat of the draws against the package's potential."""
+    from sbi_vi.diagnostics import psis
+
+    info: dict[str, Any] = {}
+    timer = _Timer()
+    with timer.time():
+        theta = posterior.sample((num_samples,), show_progress_bars=False)
+    info["sample_wall_s"], info["sample_cpu_s"] = timer.wall, timer.cpu
+    theta = theta.detach()
+    info["num_nonfinite_samples"] = int((~torch.isfinite(theta).all(-1)).sum())
+    try:
+        with torch.no_grad():
+            log_q = posterior.q.log_prob(theta)
+            if package == "sbi_vi":
+                # potential_fn directly: posterior.potential() rejects θ on the support's edge.
+                posterior.potential_fn.set_x(x_o.reshape(1, -1))
+                log_p = posterior.potential_fn(theta, track_gradients=False)
+            else:
+                log_p = posterior.potential(theta)
+        log_w = (log_p - log_q).reshape(-1)
+        info["num_nonfinite_log_w"] = int((~torch.isfinite(log_w)).sum())
+        result = psis(log_w.cpu())
+        info["khat"] = float(result.khat)
+        info["ess"] = float(result.ess)
+    except Exception as err:
+        info["khat"] = None
+        info["khat_error"] = f"{type(err).__name__}: {err}"[:500]
+    return theta.cpu(), info
+
+
+def train_kwargs_for(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Estimator and VI ``train()`` arguments: defaults, or few epochs/iterations in --quick."""
+    if args.quick:
+        return {"max_num_epochs": 5}, {"max_num_iters": 30, "warm_up_rounds": 10}
+    return {}, {}
+
+
+def run_one(
+    package: str,
+    problem: Problem,
+    method: str,
+    order: int,
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    runner: C2STRunner,
+) -> dict[str, Any]:
+    """One package × task × method: estimator once, then VI and sampling per observation."""
+    est_kwargs, vi_kwargs = train_kwargs_for(args)
+    row: dict[str, Any] = {
+        "kind": "run",
+        "package": package,
+        "task": problem.name,
+        "method": method,
+        "density_estimator": DENSITY_ESTIMATOR if method == "NLE" else CLASSIFIER,
+        "q": VI_Q,
+        "vi_method": VI_METHOD,
+        "order": order,
+        "seed": args.seed,
+        "quick": bool(args.quick),
+        "num_simulations": problem.num_simulations,
+        "num_valid_simulations": problem.num_valid,
+        "data_hash": problem.data_hash,
+        "observations": list(args.observations),
+        "num_samples": args.num_samples,
+        "c2st_max_samples": args.c2st_max_samples,
+        "estimator_kwargs": est_kwargs,
+        "vi_kwargs": vi_kwargs,
+        "timeout_s": args.timeout,
+        "started": _now(),
+        "loadavg_1m": os.getloadavg()[0],
+        **problem.simulate_info[package],
+    }
+    row["run_id"] = (
+        f"{problem.name}-{method}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
+    )
+    collect = _Collect()
+    logging.getLogger("sbi_vi").addHandler(collect)
+    logging.getLogger("sbi").addHandler(collect)
+    per_obs: list[dict[str, Any]] = []
+    row["per_observation"] = per_obs
+    try:
+        torch.manual_seed(args.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                inference, info = train_estimator(
+                    package, problem, method, est_kwargs, args.timeout
+                )
+                row.update(info)
+                row["error"] = None
+            except Exception as err:
+                row.update(_error(err))
+                if row.get("timed_out"):
+                    row["estimator_wall_s"] = float(args.timeout)
+                inference = None
+        row["estimator_warnings"] = _warnings(caught)
+        logger.info("%-9s %-3s %-6s estimator %s", problem.name, method, package, _brief_est(row))
+        if inference is None:
+            return row
+        for obs, x_o in problem.observations.items():
+            o: dict[str, Any] = {"num_observation": obs, "loadavg_1m": os.getloadavg()[0]}
+            per_obs.append(o)
+            theta = None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    torch.manual_seed(args.seed + obs)
+                    posterior, info = train_vi(package, inference, x_o, vi_kwargs, args.timeout)
+                    o.update(info)
+                    torch.manual_seed(args.seed + 100 + obs)
+                    theta, info = sample_and_khat(package, posterior, x_o, args.num_samples)
+                    o.update(info)
+                    o["error"] = None
+                except Exception as err:
+                    o.update(_error(err))
+            o["warnings"] = _warnings(caught)
+            o["sample_id"] = f"{row['run_id']}-o{obs}"
+            logger.info(
+                "%-9s %-3s %-6s obs %d %s", problem.name, method, package, obs, _brief_obs(o)
+            )
+            if theta is not None:
+                runner.submit(o["sample_id"], problem.name, obs, theta, args)
+        ok = [o for o in per_obs if not o.get("error")]
+        if len(ok) == len(per_obs):
+            for field in ("wall", "cpu"):
+                row[f"vi_total_{field}_s"] = sum(o[f"vi_{field}_s"] for o in ok)
+                row[f"sample_total_{field}_s"] = sum(o[f"sample_{field}_s"] for o in ok)
+                row[f"total_{field}_s"] = (
+                    row[f"simulate_{field}_s"]
+                    + row[f"estimator_{field}_s"]
+                    + row[f"vi_total_{field}_s"]
+                    + row[f"sample_total_{field}_s"]
+                )
+        row["num_observations_ok"] = len(ok)
+    finally:
+        logging.getLogger("sbi_vi").removeHandler(collect)
+        logging.getLogger("sbi").removeHandler(collect)
+        row["log_warnings"] = sorted(set(collect.messages)) or None
+        row["finished"] = _now()
+        row.update(env)
+    return row
+
+
+def _f(value: Any, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _brief_est(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return f"ERROR {row['error'][:160]}"
+    return (
+        f"{_f(row.get('estimator_cpu_s'), '.1f')} cpu-s / {_f(row.get('estimator_wall_s'), '.1f')}"
+        f" s, {row.get('epochs')} epochs"
+    )
+
+
+def _brief_obs(o: dict[str, Any]) -> str:
+    if o.get("error"):
+        return f"ERROR {o['error'][:160]}"
+    return (
+        f"VI {_f(o.get('vi_cpu_s'), '.1f')} cpu-s / {_f(o.get('vi_wall_s'), '.1f')} s "
+        f"(qc {_f(o.get('qc_cpu_s'), '.1f')}), {o.get('vi_iters')} it, sample "
+        f"{_f(o.get('sample_wall_s'), '.2f')} s, khat {_f(o.get('khat'), '.2f')}"
+    )
+
+
+def write_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
+    """Run each package once on a few simulations, untimed: lazy imports and first calls."""
+    from sbi_vi.diagnostics import psis
+
+    psis(torch.randn(100))
+    x_o = next(iter(problem.observations.values()))
+    for package in packages:
+        for method in methods:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.manual_seed(0)
+                inference, _ = train_estimator(
+                    package,
+                    problem,
+                    method,
+                    {"max_num_epochs": 1},
+                    None,
+                    problem.theta[:400],
+                    problem.x[:400],
+                )
+                posterior, _ = train_vi(
+                    package,
+                    inference,
+                    x_o,
+                    {"max_num_iters": 5, "warm_up_rounds": 2, "quality_control": False},
+                    None,
+                )
+                sample_and_khat(package, posterior, x_o, 100)
+
+
+# ---------------------------------------------------------------------------- C2ST
+def c2st_output_for(output: Path) -> Path:
+    return output.with_name(output.stem + "_c2st.jsonl")
+
+
+def c2st_job(
+    sample_id: str,
+    task: str,
+    num_observation: int,
+    samples_path: str,
+    max_samples: int | None,
+    seed: int,
+    output: str,
+) -> dict[str, Any]:
+    """C2ST of saved q draws against the reference of one observation; appends one row."""
+    from sbi_vi.diagnostics import c2st
+    from sbi_vi.tasks import get_task
+
+    torch.set_num_threads(1)
+    row: dict[str, Any] = {
+        "kind": "c2st",
+        "sample_id": sample_id,
+        "num_observation": num_observation,
+        "started": _now(),
+    }
+    try:
+        theta = torch.load(samples_path)
+        reference = get_task(task).get_reference_posterior_samples(num_observation)
+        wall, cpu = time.perf_counter(), time.process_time()
+        row["c2st"] = c2st(theta, reference, seed=seed % 2**31, max_samples=max_samples)
+        row["c2st_wall_s"] = time.perf_counter() - wall
+        row["c2st_cpu_s"] = time.process_time() - cpu
+    except Exception as err:  # a broken q is a result, not a crash
+        row["c2st"] = None
+        row["c2st_error"] = f"{type(err).__name__}: {err}"[:500]
+    row["c2st_max_samples"] = max_samples
+    row["finished"] = _now()
+    write_row(Path(output), row)
+    return row
+
+
+def _nice_worker() -> None:
+    """C2ST runs at low priority so that it disturbs the timed training as little as it can."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    torch.set_num_threads(1)
+
+
+def _log_c2st(row: dict[str, Any]) -> None:
+    value = row.get("c2st")
+    text = "error " + row.get("c2st_error", "") if value is None else f"{value:.3f}"
+    logger.info("c2st %s: %s (%.0f s)", row["sample_id"], text, row.get("c2st_wall_s") or 0)
+
+
+class C2STRunner:
+    """C2ST inline, deferred, or in one low-priority worker process."""
+
+    def __init__(self, mode: str, output: Path):
+        self.mode = mode
+        self.output = c2st_output_for(output)
+        self.pool = None
+        if mode == "background":
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_nice_worker
+            )
+
+    def submit(
+        self, sample_id: str, task: str, obs: int, theta: Tensor, args: argparse.Namespace
+    ) -> None:
+        if self.mode == "skip":
+            return
+        SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
+        path = SAMPLES_DIR / f"{sample_id}.pt"
+        torch.save(theta, path)
+        job = (sample_id, task, obs, str(path), args.c2st_max_samples, args.seed, str(self.output))
+        if self.mode == "defer":
+            return  # computed later by `--c2st-missing` (e.g. in a parallel process)
+        if self.pool is None:
+            _log_c2st(c2st_job(*job))
+        else:
+            self.pool.submit(c2st_job, *job).add_done_callback(
+                lambda fut: _log_c2st(fut.result()) if not fut.exception() else None
+            )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            logger.info("waiting for the pending C2ST jobs ...")
+            self.pool.shutdown(wait=True)
+
+
+def c2st_missing(args: argparse.Namespace) -> None:
+    """Compute C2ST (in this process) for finished observations that have none yet."""
+    output = _output(args)
+    done = {r["sample_id"] for r in load_rows(c2st_output_for(output)) if "sample_id" in r}
+    for row in load_rows(output):
+        if row.get("task") not in args.tasks:
+            continue
+        for o in row.get("per_observation") or []:
+            path = SAMPLES_DIR / f"{o.get('sample_id')}.pt"
+            if o.get("error") or o.get("sample_id") in done or not path.exists():
+                continue
+            _log_c2st(
+                c2st_job(
+                    o["sample_id"],
+                    row["task"],
+                    o["num_observation"],
+                    str(path),
+                    args.c2st_max_samples,
+                    row["seed"],
+                    str(c2st_output_for(output)),
+                )
+            )
+
+
+# ---------------------------------------------------------------------------- grid
+def run_grid(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    output = _output(args)
+    env = environment()
+    logger.info("environment: %s", json.dumps(env))
+    logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
+    runner = C2STRunner(args.c2st, output)
+    config = 0
+    try:
+        for i, task_name in enumerate(args.tasks):
+            problem = Problem(task_name, args)
+            logger.info(
+                "%s: %d simulations (data %s); simulate %.2f s (sbi_vi), "
+                "simulate_for_sbi %.2f s (sbi)",
+                task_name,
+                problem.num_valid,
+                problem.data_hash,
+                problem.simulate_info["sbi_vi"]["simulate_wall_s"],
+                problem.simulate_info["sbi"]["simulate_wall_s"],
+            )
+            if i == 0:
+                warm_up(problem, args.methods, args.packages)
+            for method in args.methods:
+                # Alternate which package goes first from one configuration to the next.
+                order = args.packages if config % 2 == 0 else args.packages[::-1]
+                config += 1
+                for position, package in enumerate(order):
+                    row = run_one(package, problem, method, position, args, env, runner)
+                    write_row(output, row)
+                    logger.info(
+                        "%-9s %-3s %-6s done: total %s cpu-s / %s s",
+                        task_name,
+                        method,
+                        package,
+                        _f(row.get("total_cpu_s"), ".1f"),
+                        _f(row.get("total_wall_s"), ".1f"),
+                    )
+    finally:
+        runner.close()
+
+
+# ---------------------------------------------------------------------------- report
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("skipping a malformed line of %s", path)
+    return rows
+
+
+def merged_rows(path: Path) -> list[dict[str, Any]]:
+    """Run rows with the C2ST of each observation (from ``*_c2st.jsonl``) filled in."""
+    c2st_rows = {r["sample_id"]: r for r in load_rows(c2st_output_for(path)) if "sample_id" in r}
+    rows = []
+    for row in load_rows(path):
+        for o in row.get("per_observation") or []:
+            extra = c2st_rows.get(o.get("sample_id"))
+            if extra is not None:
+                o.update({k: v for k, v in extra.items() if k.startswith("c2st")})
+        rows.append(row)
+    return rows
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(values) if values else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str, Any]]:
+    """One summary per (task, method); the latest complete run of each package counts."""
+    groups: dict[tuple[str, str], dict[str, list]] = {}
+    for row in rows:
+        if bool(row.get("quick")) != quick or row.get("kind") != "run":
+            continue
+        groups.setdefault((row["task"], row["method"]), {p: [] for p in PACKAGES})
+        groups[(row["task"], row["method"])].setdefault(row["package"], []).append(row)
+    torder = {name: i for i, name in enumerate(TASKS)}
+    morder = {name: i for i, name in enumerate(METHODS)}
+    summaries = []
+    for key in sorted(groups, key=lambda k: (torder.get(k[0], 99), morder.get(k[1], 99))):
+        task, method = key
+        s: dict[str, Any] = {"task": task, "method": method}
+        for p in PACKAGES:
+            runs = groups[key].get(p, [])
+            complete = [r for r in runs if not r.get("error") and r.get("total_cpu_s")]
+            partial = [r for r in runs if not r.get("error")]
+            run = (complete or partial or [None])[-1]
+            s[f"{p}.run"] = run
+            s[f"{p}.complete"] = bool(complete)
+            s[f"{p}.errors"] = [r["error"] for r in runs if r.get("error")] + [
+                f"obs {o['num_observation']}: {o['error']}"
+                for r in ([run] if run else [])
+                for o in r.get("per_observation") or []
+                if o.get("error")
+            ]
+            obs = [o for o in (run or {}).get("per_observation", []) if not o.get("error")]
+            s[f"{p}.num_obs"] = len(obs)
+            s[f"{p}.c2st_n"] = sum(1 for o in obs if o.get("c2st") is not None)
+            s[f"{p}.c2st"] = _mean([o.get("c2st") for o in obs])
+            s[f"{p}.c2st_each"] = [o.get("c2st") for o in obs]
+            khats = [o.get("khat") for o in obs]
+            s[f"{p}.khat"] = _mean([k for k in khats if k is not None and math.isfinite(k)])
+            s[f"{p}.khat_each"] = khats
+            s[f"{p}.vi_iters_each"] = [o.get("vi_iters") for o in obs]
+            for field in (
+                "simulate_wall_s",
+                "simulate_cpu_s",
+                "estimator_wall_s",
+                "estimator_cpu_s",
+                "epochs",
+                "vi_total_wall_s",
+                "vi_total_cpu_s",
+                "sample_total_wall_s",
+                "sample_total_cpu_s",
+                "total_wall_s",
+                "total_cpu_s",
+            ):
+                s[f"{p}.{field}"] = (run or {}).get(field)
+            s[f"{p}.vi_cpu_mean"] = _mean([o.get("vi_cpu_s") for o in obs])
+            s[f"{p}.vi_wall_mean"] = _mean([o.get("vi_wall_s") for o in obs])
+            s[f"{p}.qc_cpu_mean"] = _mean([o.get("qc_cpu_s") for o in obs])
+            s[f"{p}.sample_wall_mean"] = _mean([o.get("sample_wall_s") for o in obs])
+        for field in ("total_cpu_s", "total_wall_s", "estimator_cpu_s", "vi_total_cpu_s"):
+            s[f"ratio_{field}"] = _ratio(s[f"sbi_vi.{field}"], s[f"sbi.{field}"])
+        c_vi, c_sbi = s["sbi_vi.c2st"], s["sbi.c2st"]
+        s["target_c2st"] = None if c_vi is None or c_sbi is None else c_vi <= c_sbi + C2ST_MARGIN
+        r = s["ratio_total_cpu_s"]
+        s["target_time"] = None if r is None else r <= TIME_RATIO
+        summaries.append(s)
+    return summaries
+
+
+def _fmt(value: Any, fmt: str = ".1f") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, fmt)
+
+
+def _mark(flag: bool | None) -> str:
+    return "—" if flag is None else ("✓" if flag else "✗")
+
+
+def _pair(s: dict[str, Any], field: str, fmt: str = ".0f") -> str:
+    return f"{_fmt(s[f'sbi_vi.{field}'], fmt)} / {_fmt(s[f'sbi.{field}'], fmt)}"
+
+
+def markdown_table(summaries: list[dict[str, Any]]) -> str:
+    head = (
+        "| task | method | estimator CPU s | epochs | VI CPU s (all obs) | total CPU s "
+        "| total wall s | ratio CPU estimator / VI | ratio CPU total | ratio wall total "
+        "| C2ST sbi_vi | C2ST sbi | k̂ sbi_vi | k̂ sbi | C2ST target | time target |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|"
+    )
+    lines = [head]
+    for s in summaries:
+        lines.append(
+            f"| {s['task']} | {s['method']} | {_pair(s, 'estimator_cpu_s')} "
+            f"| {_pair(s, 'epochs')} | {_pair(s, 'vi_total_cpu_s')} "
+            f"| {_pair(s, 'total_cpu_s')} | {_pair(s, 'total_wall_s')} "
+            f"| {_fmt(s['ratio_estimator_cpu_s'], '.2f')} "
+            f"/ {_fmt(s['ratio_vi_total_cpu_s'], '.2f')} "
+            f"| {_fmt(s['ratio_total_cpu_s'], '.2f')} | {_fmt(s['ratio_total_wall_s'], '.2f')} "
+            f"| {_fmt(s['sbi_vi.c2st'], '.3f')} | {_fmt(s['sbi.c2st'], '.3f')} "
+            f"| {_fmt(s['sbi_vi.khat'], '.2f')} | {_fmt(s['sbi.khat'], '.2f')} "
+            f"| {_mark(s['target_c2st'])} | {_mark(s['target_time'])} |"
+        )
+    return "\n".join(lines)
+
+
+def phase_table(summaries: list[dict[str, Any]]) -> str:
+    """Per package and phase: CPU / wall seconds, and the per-observation numbers."""
+    head = (
+        "| task | method | package | simulate s | estimator CPU / wall s (epochs) "
+        "| VI CPU / wall s per obs (QC CPU, mean) | VI iters per obs | sample wall s per obs "
+        "| C2ST per obs | k̂ per obs |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+
+    def each(values: list, fmt: str) -> str:
+        return ", ".join(_fmt(v, fmt) for v in values) or "—"
+
+    for s in summaries:
+        for p in PACKAGES:
+            run = s[f"{p}.run"]
+            if run is None:
+                err = "; ".join(e[:80] for e in s[f"{p}.errors"]) or "not run"
+                lines.append(f"| {s['task']} | {s['method']} | {p} | {err} ||||||| ")
+                continue
+            obs = [o for o in run.get("per_observation", []) if not o.get("error")]
+            vi = ", ".join(f"{_fmt(o.get('vi_cpu_s'))} / {_fmt(o.get('vi_wall_s'))}" for o in obs)
+            lines.append(
+                f"| {s['task']} | {s['method']} | {p} | {_fmt(s[f'{p}.simulate_wall_s'], '.2f')} "
+                f"| {_fmt(s[f'{p}.estimator_cpu_s'])} / {_fmt(s[f'{p}.estimator_wall_s'])} "
+                f"({_fmt(s[f'{p}.epochs'], '.0f')}) "
+                f"| {vi or '—'} ({_fmt(s[f'{p}.qc_cpu_mean'])}) "
+                f"| {each(s[f'{p}.vi_iters_each'], 'd')} "
+                f"| {each([o.get('sample_wall_s') for o in obs], '.2f')} "
+                f"| {each(s[f'{p}.c2st_each'], '.3f')} | {each(s[f'{p}.khat_each'], '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def misses(summaries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    out, notes = [], []
+    for s in summaries:
+        name = f"{s['task']} / {s['method']}"
+        reasons = []
+        if s["target_c2st"] is False:
+            reasons.append(f"C2ST {s['sbi_vi.c2st']:.3f} > sbi's {s['sbi.c2st']:.3f} + 0.02")
+        if s["target_time"] is False:
+            reasons.append(f"CPU time ratio {s['ratio_total_cpu_s']:.2f} > {TIME_RATIO}")
+        if reasons:
+            out.append(f"- {name}: " + "; ".join(reasons))
+        for p in PACKAGES:
+            for err in s[f"{p}.errors"]:
+                notes.append(f"- {name}: {p}: {err[:200]}")
+            if s[f"{p}.run"] is not None and s[f"{p}.c2st_n"] < s[f"{p}.num_obs"]:
+                notes.append(
+                    f"- {name}: {p}: C2ST for {s[f'{p}.c2st_n']} of {s[f'{p}.num_obs']} "
+                    "observations so far (`--c2st-missing`)"
+                )
+    return out, notes
+
+
+def report(args: argparse.Namespace) -> None:
+    path = _output(args)
+    rows = merged_rows(path)
+    summaries = summarise(rows, quick=args.quick)
+    used = [r for r in rows if bool(r.get("quick")) == bool(args.quick)]
+    envs = {(r.get("device_name"), r.get("torch"), r.get("sbi")) for r in used}
+    commits = sorted({f"{r.get('git_commit')}/{r.get('sbi_vi_src_hash')}" for r in used})
+    table = markdown_table(summaries)
+    phases = phase_table(summaries)
+    missed, notes = misses(summaries)
+    complete = sum(1 for s in summaries if s["sbi_vi.complete"] and s["sbi.complete"])
+    c2st_n = {r.get("c2st_max_samples") for r in used}
+    block = "\n".join(
+        [
+            TABLE_START,
+            "",
+            f"Rows: {complete} task × method pairs with both packages finished, "
+            f"{len(summaries)} started; built from `{os.path.relpath(path, ROOT.parent)}` "
+            f"({len(used)} runs) on {_now()}. Machines/versions: "
+            + "; ".join(f"{d}, torch {t}, sbi {s}" for d, t, s in sorted(envs, key=str))
+            + f"; sbi_vi commit/source hash {', '.join(commits) or '—'}; "
+            f"C2ST on {', '.join(str(n) for n in sorted(c2st_n, key=str))} draws of each set.",
+            "",
+            "Summary (sbi_vi / sbi; VI and C2ST/k̂ over observations "
+            f"{', '.join(str(i) for i in args.observations)}; ratio = sbi_vi / sbi of the "
+            "total):",
+            "",
+            table,
+            "",
+            "Per phase:",
+            "",
+            phases,
+            "",
+            "Rows missing a target:" if missed else "Every finished row meets its targets.",
+            "",
+            *missed,
+            "",
+            *(["Errors, timeouts and missing C2ST:", ""] if notes else []),
+            *notes,
+            "",
+            TABLE_END,
+        ]
+    )
+    print(table)
+    print()
+    print(phases)
+    print()
+    print("\n".join(missed + notes))
+    if args.quick:
+        return  # smoke-test numbers are printed, never written into the README
+    block = re.sub(r"\n{3,}", "\n\n", block)  # no double blank lines
+    text = README.read_text() if README.exists() else ""
+    if TABLE_START in text and TABLE_END in text:
+        before, rest = text.split(TABLE_START, 1)
+        _, after = rest.split(TABLE_END, 1)
+        text = before + block + after
+    else:
+        text = (text.rstrip() + "\n\n" if text else "# Benchmarks\n\n") + block + "\n"
+    README.write_text(text)
+
+
+# ---------------------------------------------------------------------------- CLI
+def _output(args: argparse.Namespace) -> Path:
+    if args.output:
+        return Path(args.output)
+    return QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
+
+
+def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {', '.join(allowed)}; got {text!r}"
+            )
+        return names
+
+    return parse
+
+
+def _observations(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from err
+    if not values or any(not 1 <= v <= 10 for v in values):
+        raise argparse.ArgumentTypeError(f"observations are 1..10; got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=_names(TASKS), default=list(TASKS))
+    parser.add_argument("--methods", type=_names(METHODS), default=list(METHODS))
+    parser.add_argument(
+        "--packages",
+        type=_names(PACKAGES),
+        default=list(PACKAGES),
+        help="which side(s) to run (default both; the order alternates per task × method)",
+    )
+    parser.add_argument(
+        "--observations",
+        type=_observations,
+        default=None,
+        help="comma-separated observation numbers (default 1,2,3; quick: 1)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of simulation and training")
+    parser.add_argument(
+        "--num-simulations", type=int, default=None, help="default 10,000 (quick: 1,000)"
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="draws of q (default 10,000; quick 1,000)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="wall seconds one train() (estimator or VI) may take before it is recorded as "
+        "timed out (default 1800; 0 = none)",
+    )
+    parser.add_argument(
+        "--c2st-max-samples",
+        type=int,
+        default=None,
+        help="rows of each set used by C2ST (default 5,000; quick 500)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 1,000 simulations, 5 epochs, 30 VI iterations, observation 1; rows "
+        "go to pipeline_quick.jsonl",
+    )
+    parser.add_argument(
+        "--c2st",
+        choices=("background", "inline", "defer", "skip"),
+        default="background",
+        help="C2ST in a low-priority worker process (default), inline, deferred to a later "
+        "`--c2st-missing` (the draws are kept), or not at all",
+    )
+    parser.add_argument(
+        "--c2st-missing",
+        action="store_true",
+        help="compute C2ST for finished observations that lack one (from the saved draws)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="rebuild the README table (with --quick: print the smoke-test table only)",
+    )
+    parser.add_argument("--output", default=None, help="JSONL file (default results/...)")
+    args = parser.parse_args(argv)
+    if args.observations is None:
+        args.observations = [1] if args.quick else list(OBSERVATIONS)
+    if args.num_simulations is None:
+        args.num_simulations = 1000 if args.quick else NUM_SIMULATIONS
+    if args.num_samples is None:
+        args.num_samples = 1000 if args.quick else 10_000
+    if args.c2st_max_samples is None:
+        args.c2st_max_samples = 500 if args.quick else 5000
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    args = parse_args(argv)
+    if args.report:
+        report(args)
+    elif args.c2st_missing:
+        c2st_missing(args)
+    else:
+        run_grid(args)
+
+
+if __name__ == "__main__":
+    main()
