@@ -36,6 +36,10 @@ def _subsample_indices(size: int, subsample_size: int) -> Tensor:
         extra *= 2
 
 
+_TARGETS: dict[tuple[tuple[int, ...], tuple[PlateFrame, ...]], tuple[int, ...]] = {}
+"""Broadcast batch shapes by (distribution batch shape, enclosing plates): a pure function."""
+
+
 @functools.lru_cache(maxsize=1024)
 def _frame(name: str, dim: int, size: int, subsample_size: int) -> PlateFrame:
     return PlateFrame(name, dim, size, subsample_size)
@@ -179,9 +183,34 @@ class Plate(Messenger):
         if sample_shape:  # like NumPyro: sample_shape becomes part of the batch shape
             batch = (*sample_shape, *batch)
             msg.kwargs["sample_shape"] = ()
-        elif all(len(batch) >= -f.dim and batch[f.dim] == f.subsample_size for f in frames):
-            return  # already the plates' shape: the common case costs one pass
-        batch = tuple(batch)
+        else:
+            n = len(batch)
+            for f in frames:
+                if n < -f.dim or batch[f.dim] != f.subsample_size:
+                    break
+            else:
+                return  # already the plates' shape: the common case costs one pass
+        key = (tuple(batch), frames)
+        target = _TARGETS.get(key)
+        if target is None:
+            target = self._broadcast_target(msg, key[0], frames)
+            if len(_TARGETS) >= 4096:
+                _TARGETS.clear()
+            _TARGETS[key] = target
+        if target != tuple(fn.batch_shape):
+            try:
+                msg.fn = fn.expand(torch.Size(target))
+            except NotImplementedError as err:
+                raise TypeError(
+                    f"sample site {msg.name!r}: {type(fn).__name__} does not implement "
+                    f"`expand`, which plates need to broadcast it to batch shape "
+                    f"{target}; implement `expand` or give it that batch shape."
+                ) from err
+
+    def _broadcast_target(
+        self, msg: Message, batch: tuple[int, ...], frames: tuple[PlateFrame, ...]
+    ) -> tuple[int, ...]:
+        """The batch shape of ``batch`` broadcast with the plates ``frames`` (or an error)."""
         length = max(-frame.dim for frame in frames)
         expected = [1] * length
         for frame in frames:
@@ -193,16 +222,7 @@ class Plate(Messenger):
                 if have != 1:
                     self._broadcast_error(msg, batch, frames, dim)
                 target[dim] = want
-        target = expected[: max(length - len(batch), 0)] + target
-        if tuple(target) != tuple(fn.batch_shape):
-            try:
-                msg.fn = fn.expand(torch.Size(target))
-            except NotImplementedError as err:
-                raise TypeError(
-                    f"sample site {msg.name!r}: {type(fn).__name__} does not implement "
-                    f"`expand`, which plates need to broadcast it to batch shape "
-                    f"{tuple(target)}; implement `expand` or give it that batch shape."
-                ) from err
+        return tuple(expected[: max(length - len(batch), 0)] + target)
 
     @staticmethod
     def _broadcast_error(

@@ -127,6 +127,13 @@ class ConvergenceCheck(StoppingRule):
         return self._stale >= self.patience and iteration + 1 >= self.min_num_iters
 
 
+def _reported_value(reported: Tensor) -> float:
+    """``float(reported.detach().mean())``; a one-element CPU tensor is read directly."""
+    if reported.dim() == 0 and reported.device.type == "cpu" and reported.is_floating_point():
+        return reported.item()
+    return float(reported.detach().mean())
+
+
 def make_optimizer(
     parameters: Iterable[Tensor],
     *,
@@ -185,8 +192,8 @@ def gradient_step(
     Returns:
         Whether the step was taken.
     """
-    optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss)):
+    _zero_grad(optimizer)
+    if not _all_finite_scalar(loss):
         return False
     loss.backward(retain_graph=retain_graph)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -194,12 +201,47 @@ def gradient_step(
         norm = torch.nn.utils.clip_grad_norm_(params, clip_value)
         finite = bool(torch.isfinite(norm))
     else:
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        finite = _grads_finite(params)
     if not finite:
-        optimizer.zero_grad(set_to_none=True)
+        _zero_grad(optimizer)
         return False
     optimizer.step()
     return True
+
+
+def _zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)``, without its profiler record for torch's own."""
+    if type(optimizer).zero_grad is not _BASE_ZERO_GRAD:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad = None
+
+
+_BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
+
+
+def _all_finite_scalar(loss: Tensor) -> bool:
+    """``bool(torch.isfinite(loss))``; a one-element CPU tensor is read without a kernel."""
+    if loss.numel() == 1 and loss.device.type == "cpu" and loss.is_floating_point():
+        return math.isfinite(loss.item())
+    return bool(torch.isfinite(loss))
+
+
+def _grads_finite(params: list[Tensor]) -> bool:
+    """Whether every gradient of ``params`` is finite (one fused reduction where possible)."""
+    grads = [p.grad for p in params]
+    if not grads:
+        return True
+    if all(
+        g.device.type == "cpu" and g.numel() > 0 and not g.is_sparse and g.is_floating_point()
+        for g in grads
+    ):
+        # The max-abs norm propagates NaN and is infinite exactly when an entry is.
+        return all(math.isfinite(n.item()) for n in torch._foreach_norm(grads, math.inf))
+    return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 def fit(
@@ -239,26 +281,37 @@ def fit(
         clip_value = check_positive_float("clip_value", clip_value)
     stopping = NoStopping() if stopping is None else stopping
     stopping.reset()
-    losses = torch.empty(max_num_iters)
+    losses: list[float] = []
+    record = losses.append
+    nan = float("nan")
     skipped, converged, it = 0, False, 0
     start = time.perf_counter()
-    bar = tqdm(range(max_num_iters), desc=description, disable=not show_progress_bar, leave=False)
-    for it in bar:
+    check = type(stopping) is not NoStopping
+    if show_progress_bar:
+        bar = tqdm(range(max_num_iters), desc=description, leave=False)
+        iterations: Iterable[int] = bar
+    else:
+        bar, iterations = None, range(max_num_iters)
+    for it in iterations:
         surrogate, reported = loss_fn()
         taken = gradient_step(
             surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph
         )
-        skipped += not taken
-        value = float(reported.detach().mean()) if taken else float("nan")
-        losses[it] = value
+        if taken:
+            value = _reported_value(reported)
+        else:
+            skipped += 1
+            value = nan
+        record(value)
         if scheduler is not None:
             scheduler.step()
-        if show_progress_bar and it % 10 == 0:
+        if bar is not None and it % 10 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
-        if stopping.update(it, value):
+        if check and stopping.update(it, value):
             converged = True
             break
-    bar.close()
+    if bar is not None:
+        bar.close()
     num_iters = it + 1
     if skipped == num_iters:
         raise RuntimeError(
@@ -270,7 +323,7 @@ def fit(
             "Skipped %d of %d steps with a non-finite loss or gradient.", skipped, num_iters
         )
     return FitResult(
-        losses=losses[:num_iters],
+        losses=torch.tensor(losses, dtype=torch.get_default_dtype()),
         num_iters=num_iters,
         converged=converged,
         num_skipped=skipped,

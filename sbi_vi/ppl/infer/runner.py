@@ -105,7 +105,9 @@ class ModelRunner(Messenger):
                 "plate, or move it into the event with `Independent(fn, k)`."
             )
         if self._sum_dims:
-            lp = lp.sum(self._sum_dims)
+            n = lp.shape[0]
+            # Summing dims of size 1 only drops them: a view, without a kernel.
+            lp = lp.reshape(n) if lp.numel() == n else lp.sum(self._sum_dims)
         self.log_p = lp if self.log_p is None else self.log_p + lp
 
 

@@ -67,7 +67,7 @@ class MeanFieldNormal(Family):
     def base(self, context: Tensor | None = None) -> Distribution:
         if context is not None:
             raise ValueError("an autoguide's family takes no context.")
-        loc, raw = self.params
+        loc, raw = self.params.unbind(0)  # as ``loc, raw = self.params``, minus the iterator
         return DiagonalGaussianDistribution(loc, F.softplus(raw))
 
     def forward(self, context: Tensor | None = None) -> Distribution:
