@@ -38,7 +38,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import datetime as dt  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -47,17 +46,29 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from _harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    _Collect,
+    _cpu_model,
+    _fmt,
+    _git,
+    _mark,
+    _names,
+    _nice_worker,
+    _now,
+    _version,
+    c2st_output_for,
+    load_rows,
+    write_row,
+)
 from torch import Tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -89,25 +100,6 @@ logger = logging.getLogger("pipeline_bench")
 
 
 # ---------------------------------------------------------------------------- set-up
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=ROOT.parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _source_hash() -> str:
@@ -118,16 +110,6 @@ def _source_hash() -> str:
     for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict[str, Any]:
@@ -203,15 +185,6 @@ def _time_limit(seconds: float | None, what: str):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()}"[:300])
 
 
 def _error(err: BaseException) -> dict[str, Any]:
@@ -559,14 +532,6 @@ def _brief_obs(o: dict[str, Any]) -> str:
     )
 
 
-def write_row(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
     """Run each package once on a few simulations, untimed: lazy imports and first calls."""
     from sbi_vi.diagnostics import psis
@@ -598,8 +563,6 @@ def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- C2ST
-def c2st_output_for(output: Path) -> Path:
-    return output.with_name(output.stem + "_c2st.jsonl")
 
 
 def c2st_job(
@@ -636,13 +599,6 @@ def c2st_job(
     row["finished"] = _now()
     write_row(Path(output), row)
     return row
-
-
-def _nice_worker() -> None:
-    """C2ST runs at low priority so that it disturbs the timed training as little as it can."""
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    torch.set_num_threads(1)
 
 
 def _log_c2st(row: dict[str, Any]) -> None:
@@ -757,18 +713,6 @@ def run_grid(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("skipping a malformed line of %s", path)
-    return rows
 
 
 def merged_rows(path: Path) -> list[dict[str, Any]]:
@@ -860,18 +804,6 @@ def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str,
         s["target_time"] = None if r is None else r <= TIME_RATIO
         summaries.append(s)
     return summaries
-
-
-def _fmt(value: Any, fmt: str = ".1f") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return format(value, fmt)
-
-
-def _mark(flag: bool | None) -> str:
-    return "—" if flag is None else ("✓" if flag else "✗")
 
 
 def _pair(s: dict[str, Any], field: str, fmt: str = ".0f") -> str:
@@ -1023,19 +955,6 @@ def _output(args: argparse.Namespace) -> Path:
     if args.output:
         return Path(args.output)
     return QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
-
-
-def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [n for n in names if n not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated subset of {', '.join(allowed)}; got {text!r}"
-            )
-        return names
-
-    return parse
 
 
 def _observations(text: str) -> list[int]:

@@ -29,7 +29,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import datetime as dt  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -37,17 +36,29 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from _harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    _Collect,
+    _cpu_model,
+    _fmt,
+    _git,
+    _mark,
+    _names,
+    _nice_worker,
+    _now,
+    _version,
+    c2st_output_for,
+    load_rows,
+    write_row,
+)
 from torch import Tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -76,25 +87,6 @@ logger = logging.getLogger("vi_engine_bench")
 
 
 # ---------------------------------------------------------------------------- set-up
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=ROOT.parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _source_hash() -> str:
@@ -105,16 +97,6 @@ def _source_hash() -> str:
     for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -207,13 +189,6 @@ def sbi_prior_like(prior: Any, device: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- one run
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()}"[:300])
 
 
 class _Timer:
@@ -377,13 +352,6 @@ def c2st_job(
     return row
 
 
-def _nice_worker() -> None:
-    """C2ST runs at low priority so that it disturbs the timed training as little as it can."""
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    torch.set_num_threads(1)
-
-
 def run_one(
     package: str,
     problem: Problem,
@@ -449,14 +417,6 @@ def train_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def write_row(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _brief(row: dict[str, Any]) -> str:
     if row.get("error"):
         return f"ERROR {row['error'][:160]}"
@@ -486,10 +446,6 @@ def warm_up(problem: Problem, packages: list[str]) -> None:
                 package, problem, "gaussian", "rKL", train_kwargs_for(args)
             )
             evaluate_q(posterior, problem, 100, 0)
-
-
-def c2st_output_for(output: Path) -> Path:
-    return output.with_name(output.stem + "_c2st.jsonl")
 
 
 class C2STRunner:
@@ -616,20 +572,6 @@ def merged_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("skipping a malformed line of %s", path)
-    return rows
-
-
 def _median(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None and not math.isnan(v)]  # k-hat may be inf
     return statistics.median(values) if values else None
@@ -693,18 +635,6 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         summaries.append(s)
     return summaries
-
-
-def _fmt(value: Any, fmt: str = ".1f") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return format(value, fmt)
-
-
-def _mark(flag: bool | None) -> str:
-    return "—" if flag is None else ("✓" if flag else "✗")
 
 
 def markdown_table(summaries: list[dict[str, Any]]) -> str:
@@ -822,17 +752,6 @@ def report(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [n for n in names if n not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated subset of {', '.join(allowed)}; got {text!r}"
-            )
-        return names
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
