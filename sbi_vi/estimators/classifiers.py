@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi.estimators.embedding import embedding_output_dim
 from sbi_vi.estimators.flows import _flatten_pair
-from sbi_vi.estimators.zscore import Standardize, ZScore
+from sbi_vi.estimators.zscore import Standardize, ZScore, standardizers
 
 __all__ = [
     "CLASSIFIER_NAMES",
@@ -159,13 +159,9 @@ class ClassifierNetBuilder:
     embedding_net_x: nn.Module | None = field(default=None, compare=False)
 
     def __call__(self, batch_theta: Tensor, batch_x: Tensor) -> RatioClassifier:
-        if batch_theta.ndim != 2 or batch_x.ndim != 2:
-            raise ValueError(
-                "`batch_theta` and `batch_x` must have shapes [N, D] and [N, L]; got "
-                f"{tuple(batch_theta.shape)} and {tuple(batch_x.shape)}."
-            )
-        theta_norm = Standardize(batch_theta, self.z_score_theta)
-        x_norm = Standardize(batch_x, self.z_score_x)
+        theta_norm, x_norm = standardizers(
+            batch_theta, batch_x, self.z_score_theta, self.z_score_x
+        )
         device = batch_theta.device
         # Copies: the builder stays a template, so `retrain_from_scratch` starts afresh.
         e_theta = copy.deepcopy(self.embedding_net_theta or nn.Identity()).to(device)

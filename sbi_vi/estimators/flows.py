@@ -25,7 +25,7 @@ from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi._zuko import zuko
 from sbi_vi.estimators.embedding import embedding_output_dim
 from sbi_vi.estimators.splines import RQSTransform
-from sbi_vi.estimators.zscore import Standardize, ZScore
+from sbi_vi.estimators.zscore import Standardize, ZScore, standardizers
 
 __all__ = ["FLOW_NAMES", "ConditionalFlow", "LikelihoodNetBuilder", "likelihood_nn"]
 
@@ -198,13 +198,9 @@ class LikelihoodNetBuilder:
     embedding_net: nn.Module | None = field(default=None, compare=False)
 
     def __call__(self, batch_theta: Tensor, batch_x: Tensor) -> ConditionalFlow:
-        if batch_theta.ndim != 2 or batch_x.ndim != 2:
-            raise ValueError(
-                "`batch_theta` and `batch_x` must have shapes [N, D] and [N, L]; got "
-                f"{tuple(batch_theta.shape)} and {tuple(batch_x.shape)}."
-            )
-        theta_norm = Standardize(batch_theta, self.z_score_theta)
-        x_norm = Standardize(batch_x, self.z_score_x)
+        theta_norm, x_norm = standardizers(
+            batch_theta, batch_x, self.z_score_theta, self.z_score_x
+        )
         # A copy: the builder stays a template, so `retrain_from_scratch` starts afresh.
         embedding = copy.deepcopy(self.embedding_net) if self.embedding_net else nn.Identity()
         embedding = embedding.to(batch_theta.device)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sbi_vi._checks import check_choice
 
-__all__ = ["Standardize", "ZScore"]
+__all__ = ["Standardize", "ZScore", "standardizers"]
 
 ZScore = Literal["none", "independent", "structured"]
 _CHOICES = ("none", "independent", "structured")
@@ -79,3 +79,25 @@ class Standardize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, features={self.mean.shape[0]}"
+
+
+def standardizers(
+    batch_theta: Tensor, batch_x: Tensor, z_score_theta: ZScore, z_score_x: ZScore
+) -> tuple[Standardize, Standardize]:
+    """The z-scoring layers of θ and x fitted to a training batch.
+
+    Args:
+        batch_theta: Parameters, shape ``[N, D]``.
+        batch_x: Simulations, shape ``[N, L]``.
+        z_score_theta: How to z-score θ.
+        z_score_x: How to z-score x.
+
+    Raises:
+        ValueError: If either batch is not two-dimensional.
+    """
+    if batch_theta.ndim != 2 or batch_x.ndim != 2:
+        raise ValueError(
+            "`batch_theta` and `batch_x` must have shapes [N, D] and [N, L]; got "
+            f"{tuple(batch_theta.shape)} and {tuple(batch_x.shape)}."
+        )
+    return Standardize(batch_theta, z_score_theta), Standardize(batch_x, z_score_x)
