@@ -59,20 +59,28 @@ def event_size_of(prior: object) -> int:
 
 
 def standardisation(
-    prior: object, transform: Transform, z_score_theta: ZScore, num_samples: int = 1000
+    prior: object,
+    transform: Transform,
+    z_score_theta: ZScore,
+    num_samples: int = 1000,
+    samples: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Per-dimension location and scale of the prior in unconstrained space.
+    """Per-dimension location and scale of θ in unconstrained space.
 
-    ``'independent'`` and ``'structured'`` use the mean and std of ``num_samples``
-    transformed prior draws (a variational family over θ is standardised per dimension;
-    structure only matters for x), ``'none'`` uses 0 and 1.
+    ``'independent'`` and ``'structured'`` use the mean and std of the transformed
+    ``samples`` (default: ``num_samples`` prior draws; a variational family over θ is
+    standardised per dimension, structure only matters for x), ``'none'`` uses 0 and 1.
     """
     check_choice("z_score_theta", z_score_theta, ("none", "independent", "structured"))
     if z_score_theta == "none":
         return None, None
     with torch.no_grad():
-        u = transform(prior.sample((num_samples,)))
+        theta = prior.sample((num_samples,)) if samples is None else samples
+        u = transform(theta)
     u = u[torch.isfinite(u).all(-1)]
+    if u.shape[0] < 2:
+        u = transform(prior.sample((num_samples,)))
+        u = u[torch.isfinite(u).all(-1)]
     shift = u.mean(0)
     scale = u.std(0).clamp(min=1e-6)
     return shift, scale

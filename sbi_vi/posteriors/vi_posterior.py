@@ -27,6 +27,7 @@ from sbi_vi._checks import (
     seeded,
 )
 from sbi_vi.errors import NotTrainedError, QualityWarning
+from sbi_vi.posteriors.amortized import AmortizedVI
 from sbi_vi.posteriors.map import gradient_ascent
 from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
 from sbi_vi.posteriors.setup import (
@@ -61,8 +62,12 @@ _TRAIN_KWARGS = (
 _DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
 
 
-class VIPosterior:
+class VIPosterior(AmortizedVI):
     r"""A variational posterior q(θ) ≈ p(θ | x_o), trained by minimising a divergence.
+
+    ``train(x_o)`` fits q(θ) for one observation; ``train_amortized(theta, x)`` fits
+    q(θ | x) for every observation at once (then ``sample``, ``log_prob``, ``map`` and
+    ``evaluate`` take any ``x``, and ``sample_batched`` a batch of them).
 
     Args:
         potential_fn: The unnormalised log posterior: a potential of
@@ -83,7 +88,7 @@ class VIPosterior:
         hidden_features: Hidden width of a flow family.
         z_score_theta: Standardise θ in unconstrained space (``none``, ``independent``,
             ``structured``).
-        z_score_x: Standardisation of x for amortised VI (kept for ``train_amortized``).
+        z_score_x: Standardisation of x for amortised VI (default of ``train_amortized``).
 
     Example:
         >>> from torch.distributions import MultivariateNormal
@@ -127,6 +132,8 @@ class VIPosterior:
         if self.potential_fn.x_o is not None:  # a potential built with x_o sets the default
             self._x = self._check_x(self.potential_fn.x_o)
         self._trained_on: Tensor | None = None
+        self._amortized = None
+        self.validation_losses: list[float] = []
         self._map_cache: dict[bytes, Tensor] = {}
         self._optimizer: Any = None
         self._scheduler: Any = None
@@ -317,6 +324,14 @@ class VIPosterior:
                 description=f"VI ({self._vi_method})",
             )
             self.history.append(result)
+            if self._amortized is not None:
+                warnings.warn(
+                    "train() replaces the amortised q(θ | x) of train_amortized(); from now "
+                    "on q serves this observation only.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._amortized = None
             self._trained_on = x
             self._map_cache.clear()
             if self._x is None:
@@ -368,13 +383,6 @@ class VIPosterior:
         else:
             logger.info("Quality control (%s): %s", metric, summarise(result))
 
-    def train_amortized(self, *args: Any, **kwargs: Any) -> VIPosterior:
-        """Amortised training of q(θ | x) — not available in this release."""
-        raise NotImplementedError(
-            "VIPosterior.train_amortized() is not implemented yet; use train(x_o) for one "
-            "observation."
-        )
-
     # ------------------------------------------------------------------ using q
     def sample(
         self,
@@ -382,11 +390,13 @@ class VIPosterior:
         x: Tensor | None = None,
         show_progress_bars: bool = True,
     ) -> Tensor:
-        """Draw θ ~ q, shape ``[*sample_shape, D]``.
+        """Draw θ ~ q, shape ``[*sample_shape, D]`` (``[*sample_shape, B, D]`` for B > 1 x).
 
         Args:
             sample_shape: Leading shape of the samples.
-            x: Must be the trained observation (or ``None``).
+            x: For a q trained by ``train``: the trained observation (or ``None``). For an
+                amortised q: any observation ``[L]``/``[1, L]``, or a batch ``[B, L]``
+                (default: :attr:`default_x`).
             show_progress_bars: Unused (sampling is one pass).
 
         Raises:
@@ -394,25 +404,27 @@ class VIPosterior:
             ValueError: If ``x`` is not the observation q was trained on.
         """
         del show_progress_bars
+        if self._amortized is not None:
+            return self._sample_amortized(Size(sample_shape), x)
         self._check_trained_for(x)
         with torch.no_grad():
             return self.q.sample(Size(sample_shape))
-
-    def sample_batched(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Sampling for a batch of observations needs amortised training (not available yet)."""
-        raise NotImplementedError(
-            "sample_batched() needs an amortised posterior (train_amortized), which is not "
-            "implemented yet; q trained with train(x_o) serves only x_o."
-        )
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
     ) -> Tensor:
         """log q(θ) for θ of shape ``[D]`` or ``[N, D]`` (returns ``[]`` or ``[N]``).
 
+        For an amortised q, log q(θ | x) with x ``[L]``, ``[1, L]`` or ``[B, L]``: one x
+        serves every θ (``[N]``), one θ is scored under every x (``[B]``), and N = B pairs
+        rows (``[N]``).
+
         Raises:
-            ValueError: Wrong θ shape, θ outside the prior's support, or x not the trained x.
+            ValueError: Wrong θ shape, θ outside the prior's support, x not the trained x,
+                or N ≠ B with neither equal to 1.
         """
+        if self._amortized is not None:
+            return self._log_prob_amortized(theta, x, track_gradients)
         self._check_trained_for(x)
         theta = self._check_theta(theta)
         with torch.set_grad_enabled(track_gradients):
@@ -452,6 +464,11 @@ class VIPosterior:
             return self._map_cache[key]
         if isinstance(init_method, Tensor):
             inits = self._check_theta(init_method)
+        elif init_method in ("proposal", "posterior") and self._amortized is not None:
+            if x.shape[0] != 1:
+                raise ValueError(f"map() takes one observation; got {x.shape[0]} rows of x.")
+            n = check_positive_int("num_init_samples", num_init_samples)
+            inits = self._sample_amortized(Size((n,)), x)
         elif init_method in ("proposal", "posterior"):
             if self._trained_on is None or not torch.equal(self._trained_on, x):
                 raise NotTrainedError(
@@ -482,19 +499,42 @@ class VIPosterior:
         return theta
 
     def evaluate(
-        self, quality_control_metric: Literal["psis", "prop"] = "psis", N: int = 50_000
+        self,
+        quality_control_metric: Literal["psis", "prop"] = "psis",
+        N: int = 50_000,
+        x: Tensor | None = None,
+        refine: bool = False,
+        refine_kwargs: dict | None = None,
     ) -> Any:
-        """Diagnose q against the potential with ``N`` draws.
+        """Diagnose q against the potential with ``N`` draws (per observation if amortised).
 
         ``psis``: Pareto k-hat of the importance weights p̃/q (≤ 0.5 good, ≤ 0.7 usable,
         > 0.7 unreliable). ``prop``: whether log q is proportional to log p̃.
 
+        Args:
+            quality_control_metric: ``psis`` or ``prop`` (amortised q: ``psis``).
+            N: Draws of q per observation.
+            x: Amortised q only: the observations ``[B, L]`` to diagnose (default: the
+                default x).
+            refine: Amortised q only: fine-tune a single-observation posterior (see
+                :meth:`refine`) for every observation that fails the check.
+            refine_kwargs: Passed to :meth:`refine` (e.g. ``max_num_iters``).
+
         Returns:
             A :class:`~sbi_vi.diagnostics.PSISResult` (``khat``, ``ess``, ``reliable``) or a
-            :class:`~sbi_vi.diagnostics.PropResult` (``value``, ``good``).
+            :class:`~sbi_vi.diagnostics.PropResult` (``value``, ``good``); for an amortised q
+            an :class:`~sbi_vi.posteriors.amortized.AmortizedQuality` with k-hat, ESS and
+            the verdict per observation (and the refined posteriors).
         """
         check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
         N = check_positive_int("N", N)
+        if self._amortized is not None:
+            return self._evaluate_amortized(quality_control_metric, N, x, refine, refine_kwargs)
+        if x is not None or refine:
+            raise ValueError(
+                "`x` and `refine` are for an amortised q (train_amortized); this q was "
+                "trained for one observation, which evaluate() uses."
+            )
         self._check_trained_for(None)
         self.potential_fn.set_x(self._trained_on)
         return evaluate_quality(self._family, self.potential_fn, quality_control_metric, N)
@@ -520,7 +560,12 @@ class VIPosterior:
         return obj
 
     def __repr__(self) -> str:
-        trained = "untrained" if self._trained_on is None else "trained on one observation x_o"
+        if self._amortized is not None:
+            trained = "amortised over x"
+        elif self._trained_on is not None:
+            trained = "trained on one observation x_o"
+        else:
+            trained = "untrained"
         name = self._q_arg if isinstance(self._q_arg, str) else type(self._family).__name__
         return (
             f"VIPosterior(q={name!r}, vi_method={self._vi_method!r}, "

@@ -23,6 +23,7 @@ from sbi_vi.vi.families import (
     build_family,
 )
 from sbi_vi.vi.fit import ConvergenceCheck, FitResult, fit, gradient_step, make_optimizer
+from sbi_vi.vi.validation import ValidationStopping, common_random_numbers
 
 __all__ = [
     "DIVERGENCES",
@@ -40,8 +41,10 @@ __all__ = [
     "ImportanceWeighted",
     "RenyiAlpha",
     "ReverseKL",
+    "ValidationStopping",
     "build_divergence",
     "build_family",
+    "common_random_numbers",
     "fit",
     "gradient_step",
     "make_optimizer",

@@ -104,8 +104,8 @@ def test_errors_name_the_problem():
         VIPosterior(gaussian_potential)
     with pytest.raises(NotImplementedError, match="train_amortized"):
         posterior.sample_batched((10,), torch.zeros(3, 2))
-    with pytest.raises(NotImplementedError):
-        posterior.train_amortized(torch.zeros(10, 2), torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="validation split"):
+        posterior.train_amortized(torch.zeros(10, 2), torch.zeros(10, 2), validation_fraction=0.05)
 
 
 def test_theta_outside_support_is_an_error():
