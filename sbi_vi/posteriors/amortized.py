@@ -19,7 +19,6 @@ import torch
 from torch import Size, Tensor
 
 from sbi_vi._checks import (
-    as_tensor,
     check_choice,
     check_in_interval,
     check_positive_float,
@@ -37,7 +36,6 @@ from sbi_vi.posteriors.conditional import (
     sample_conditional,
 )
 from sbi_vi.posteriors.quality import importance_log_weights
-from sbi_vi.posteriors.setup import event_size_of
 from sbi_vi.vi.divergences import build_divergence
 from sbi_vi.vi.fit import FitResult, fit, make_optimizer
 from sbi_vi.vi.validation import ValidationStopping, common_random_numbers
@@ -271,53 +269,6 @@ class AmortizedVI:
         self.history.append(result)
         self.validation_losses = list(rule.losses)
         return self
-
-    def _check_training_pairs(
-        self: VIPosterior, theta: Tensor, x: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        theta = as_tensor("theta", theta).to(self._device)
-        x = as_tensor("x", x).to(self._device)
-        if theta.ndim == 1:
-            theta = theta.unsqueeze(-1)
-        if x.ndim == 1:
-            x = x.unsqueeze(-1)
-        if theta.ndim != 2 or x.ndim != 2:
-            raise ValueError(
-                "`theta` and `x` must have shapes [N, D] and [N, L]; got "
-                f"{tuple(theta.shape)} and {tuple(x.shape)}."
-            )
-        if theta.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"`theta` has {theta.shape[0]} rows and `x` has {x.shape[0]}: they must be "
-                "the same simulated pairs."
-            )
-        if theta.shape[0] == 0:
-            raise ValueError("`theta` and `x` are empty: amortised VI needs simulated pairs.")
-        d = event_size_of(self.prior)
-        if theta.shape[1] != d:
-            raise ValueError(f"`theta` has {theta.shape[1]} columns, but the prior's θ has D={d}.")
-        for name, value in (("theta", theta), ("x", x)):
-            bad = ~torch.isfinite(value).all(-1)
-            if bool(bad.any()):
-                raise ValueError(
-                    f"`{name}` has {int(bad.sum())} row(s) with NaN or inf (first: row "
-                    f"{int(bad.nonzero()[0])}); drop them first (simulate() does)."
-                )
-        if self._x_shape is not None:
-            expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
-            if x.shape[1:] != expected:
-                raise ValueError(
-                    f"`x` must have trailing shape {tuple(expected)} (x_shape="
-                    f"{tuple(self._x_shape)}); got {tuple(x.shape)}."
-                )
-        elif self._x is not None and self._x.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
-                f"{tuple(self._x.shape[1:])}."
-            )
-        else:
-            self._x_shape = Size(x.shape[1:])
-        return theta, x
 
     # ------------------------------------------------------------------ using q(θ | x)
     def _require_amortized(self: VIPosterior, x: Tensor | None) -> Tensor:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import pickle
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,7 +18,6 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from sbi_vi._checks import (
-    as_tensor,
     check_choice,
     check_positive_int,
     check_unknown_kwargs,
@@ -28,6 +25,7 @@ from sbi_vi._checks import (
 )
 from sbi_vi.errors import NotTrainedError, QualityWarning
 from sbi_vi.posteriors.amortized import AmortizedVI
+from sbi_vi.posteriors.base import PosteriorBase
 from sbi_vi.posteriors.map import gradient_ascent
 from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
 from sbi_vi.posteriors.setup import (
@@ -62,7 +60,7 @@ _TRAIN_KWARGS = (
 _DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
 
 
-class VIPosterior(AmortizedVI):
+class VIPosterior(AmortizedVI, PosteriorBase):
     r"""A variational posterior q(θ) ≈ p(θ | x_o), trained by minimising a divergence.
 
     ``train(x_o)`` fits q(θ) for one observation; ``train_amortized(theta, x)`` fits
@@ -207,20 +205,12 @@ class VIPosterior(AmortizedVI):
         """The divergence used by :meth:`train` (``rKL``, ``fKL``, ``IW`` or ``alpha``)."""
         return self._vi_method
 
-    @property
-    def default_x(self) -> Tensor | None:
-        """The observation used when ``x`` is not passed."""
-        return self._x
-
-    def set_default_x(self, x: Tensor) -> VIPosterior:
-        """Set the default observation (``[L]`` or ``[N, L]`` iid rows); chainable."""
-        self._x = self._check_x(x)
-        return self
-
     def to(self, device: str | torch.device) -> VIPosterior:
         """Move q, the potential's observation and the cached results to ``device``."""
         self._device = str(device)
         self._family.to(device)
+        if self._amortized is not None:
+            self._amortized.to(device)
         self.potential_fn.to(device)
         if self._x is not None:
             self._x = self._x.to(device)
@@ -430,14 +420,6 @@ class VIPosterior(AmortizedVI):
         with torch.set_grad_enabled(track_gradients):
             return self.q.log_prob(theta)
 
-    def potential(
-        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
-    ) -> Tensor:
-        """The unnormalised log posterior log p̃(θ | x) (default x: :attr:`default_x`)."""
-        theta = self._check_theta(theta)
-        self.potential_fn.set_x(self._resolve_x(x))
-        return self.potential_fn(theta, track_gradients=track_gradients)
-
     def map(
         self,
         x: Tensor | None = None,
@@ -539,26 +521,6 @@ class VIPosterior(AmortizedVI):
         self.potential_fn.set_x(self._trained_on)
         return evaluate_quality(self._family, self.potential_fn, quality_control_metric, N)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Save the whole posterior (q, potential, prior, optimizer state) to ``path``."""
-        try:
-            torch.save(self, Path(path))
-        except (pickle.PicklingError, AttributeError, TypeError) as err:
-            raise TypeError(
-                "The posterior cannot be pickled, most likely because `potential_fn` is a "
-                "lambda or a local function; define it at module level. Original error: "
-                f"{err}"
-            ) from err
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | None = None) -> VIPosterior:
-        """Load a posterior written by :meth:`save`."""
-        obj = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}.")
-        return obj
-
     def __repr__(self) -> str:
         if self._amortized is not None:
             trained = "amortised over x"
@@ -571,64 +533,3 @@ class VIPosterior(AmortizedVI):
             f"VIPosterior(q={name!r}, vi_method={self._vi_method!r}, "
             f"dim={event_size_of(self.prior)}, {trained})"
         )
-
-    # ------------------------------------------------------------------ checks
-    def _check_x(self, x: Tensor) -> Tensor:
-        x = as_tensor("x", x).to(self._device)
-        if x.ndim == 1:
-            x = x.unsqueeze(0)
-        if x.ndim < 2:
-            raise ValueError(f"`x` must have shape [L] or [N, L]; got {tuple(x.shape)}.")
-        if self._x_shape is not None:
-            expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
-            if x.shape[1:] != expected:
-                raise ValueError(
-                    f"`x` must have trailing shape {tuple(expected)} (x_shape="
-                    f"{tuple(self._x_shape)}); got {tuple(x.shape)}."
-                )
-        elif self._x is not None and x.shape[1:] != self._x.shape[1:]:
-            raise ValueError(
-                f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
-                f"{tuple(self._x.shape[1:])}."
-            )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("`x` must be finite; it holds NaN or inf entries.")
-        return x
-
-    def _resolve_x(self, x: Tensor | None) -> Tensor:
-        if x is not None:
-            return self._check_x(x)
-        if self._x is None:
-            raise ValueError("No observation: pass `x=` or call `set_default_x(x_o)` first.")
-        return self._x
-
-    def _check_trained_for(self, x: Tensor | None) -> None:
-        if self._trained_on is None:
-            raise NotTrainedError("q is not trained yet: call `train(x_o)` first.")
-        if x is not None:
-            x = self._check_x(x)
-            if x.shape != self._trained_on.shape or not torch.allclose(x, self._trained_on):
-                raise ValueError(
-                    "This q was trained for another observation: it is q(θ) for x_o, not "
-                    "q(θ | x). Call train(x) for the new x (or pass x=None)."
-                )
-
-    def _check_theta(self, theta: Tensor) -> Tensor:
-        theta = as_tensor("theta", theta).to(self._device)
-        d = event_size_of(self.prior)
-        if theta.ndim == 0 or theta.shape[-1] != d:
-            raise ValueError(
-                f"`theta` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
-            )
-        support = getattr(self.prior, "support", None)
-        if support is not None:
-            inside = support.check(theta)
-            if inside.ndim == theta.ndim:
-                inside = inside.all(-1)
-            if not bool(inside.all()):
-                n_out = int((~inside).sum())
-                raise ValueError(
-                    f"`theta` has {n_out} row(s) outside the prior's support, where the "
-                    "posterior is zero."
-                )
-        return theta

@@ -1,0 +1,175 @@
+"""What every posterior of sbi_vi shares: the default observation, input checks, the
+potential, and persistence. :class:`VIPosterior` adds q and its training on top."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from torch import Size, Tensor
+
+from sbi_vi._checks import as_tensor
+from sbi_vi.errors import NotTrainedError
+from sbi_vi.posteriors.setup import event_size_of
+
+__all__ = ["PosteriorBase"]
+
+
+class PosteriorBase:
+    """Observation and θ handling of a posterior over a prior with a potential.
+
+    Subclasses set ``prior``, ``potential_fn``, ``_device``, ``_x`` (the default
+    observation ``[N, L]`` or ``None``), ``_x_shape`` and ``_trained_on``.
+    """
+
+    prior: Any
+    potential_fn: Any
+    _device: str
+    _x: Tensor | None
+    _x_shape: Size | None
+    _trained_on: Tensor | None
+
+    @property
+    def default_x(self) -> Tensor | None:
+        """The observation used when ``x`` is not passed."""
+        return self._x
+
+    def set_default_x(self, x: Tensor) -> Self:
+        """Set the default observation (``[L]`` or ``[N, L]`` iid rows); chainable."""
+        self._x = self._check_x(x)
+        return self
+
+    def potential(
+        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
+    ) -> Tensor:
+        """The unnormalised log posterior log p̃(θ | x) (default x: :attr:`default_x`)."""
+        theta = self._check_theta(theta)
+        self.potential_fn.set_x(self._resolve_x(x))
+        return self.potential_fn(theta, track_gradients=track_gradients)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Save the whole posterior (q, potential, prior, optimizer state) to ``path``."""
+        try:
+            torch.save(self, Path(path))
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise TypeError(
+                "The posterior cannot be pickled, most likely because `potential_fn` is a "
+                "lambda or a local function; define it at module level. Original error: "
+                f"{err}"
+            ) from err
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | None = None) -> Self:
+        """Load a posterior written by :meth:`save`."""
+        obj = torch.load(Path(path), map_location=map_location, weights_only=False)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}.")
+        return obj
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        x = as_tensor("x", x).to(self._device)
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        if x.ndim < 2:
+            raise ValueError(f"`x` must have shape [L] or [N, L]; got {tuple(x.shape)}.")
+        if self._x_shape is not None:
+            expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
+            if x.shape[1:] != expected:
+                raise ValueError(
+                    f"`x` must have trailing shape {tuple(expected)} (x_shape="
+                    f"{tuple(self._x_shape)}); got {tuple(x.shape)}."
+                )
+        elif self._x is not None and x.shape[1:] != self._x.shape[1:]:
+            raise ValueError(
+                f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
+                f"{tuple(self._x.shape[1:])}."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("`x` must be finite; it holds NaN or inf entries.")
+        return x
+
+    def _resolve_x(self, x: Tensor | None) -> Tensor:
+        if x is not None:
+            return self._check_x(x)
+        if self._x is None:
+            raise ValueError("No observation: pass `x=` or call `set_default_x(x_o)` first.")
+        return self._x
+
+    def _check_trained_for(self, x: Tensor | None) -> None:
+        if self._trained_on is None:
+            raise NotTrainedError("q is not trained yet: call `train(x_o)` first.")
+        if x is not None:
+            x = self._check_x(x)
+            if x.shape != self._trained_on.shape or not torch.allclose(x, self._trained_on):
+                raise ValueError(
+                    "This q was trained for another observation: it is q(θ) for x_o, not "
+                    "q(θ | x). Call train(x) for the new x (or pass x=None)."
+                )
+
+    def _check_theta(self, theta: Tensor) -> Tensor:
+        theta = as_tensor("theta", theta).to(self._device)
+        d = event_size_of(self.prior)
+        if theta.ndim == 0 or theta.shape[-1] != d:
+            raise ValueError(
+                f"`theta` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
+            )
+        support = getattr(self.prior, "support", None)
+        if support is not None:
+            inside = support.check(theta)
+            if inside.ndim == theta.ndim:
+                inside = inside.all(-1)
+            if not bool(inside.all()):
+                n_out = int((~inside).sum())
+                raise ValueError(
+                    f"`theta` has {n_out} row(s) outside the prior's support, where the "
+                    "posterior is zero."
+                )
+        return theta
+
+    def _check_training_pairs(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        theta = as_tensor("theta", theta).to(self._device)
+        x = as_tensor("x", x).to(self._device)
+        if theta.ndim == 1:
+            theta = theta.unsqueeze(-1)
+        if x.ndim == 1:
+            x = x.unsqueeze(-1)
+        if theta.ndim != 2 or x.ndim != 2:
+            raise ValueError(
+                "`theta` and `x` must have shapes [N, D] and [N, L]; got "
+                f"{tuple(theta.shape)} and {tuple(x.shape)}."
+            )
+        if theta.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"`theta` has {theta.shape[0]} rows and `x` has {x.shape[0]}: they must be "
+                "the same simulated pairs."
+            )
+        if theta.shape[0] == 0:
+            raise ValueError("`theta` and `x` are empty: amortised VI needs simulated pairs.")
+        d = event_size_of(self.prior)
+        if theta.shape[1] != d:
+            raise ValueError(f"`theta` has {theta.shape[1]} columns, but the prior's θ has D={d}.")
+        for name, value in (("theta", theta), ("x", x)):
+            bad = ~torch.isfinite(value).all(-1)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"`{name}` has {int(bad.sum())} row(s) with NaN or inf (first: row "
+                    f"{int(bad.nonzero()[0])}); drop them first (simulate() does)."
+                )
+        if self._x_shape is not None:
+            expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
+            if x.shape[1:] != expected:
+                raise ValueError(
+                    f"`x` must have trailing shape {tuple(expected)} (x_shape="
+                    f"{tuple(self._x_shape)}); got {tuple(x.shape)}."
+                )
+        elif self._x is not None and self._x.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
+                f"{tuple(self._x.shape[1:])}."
+            )
+        else:
+            self._x_shape = Size(x.shape[1:])
+        return theta, x
