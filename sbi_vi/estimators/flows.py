@@ -24,7 +24,7 @@ from torch import Size, Tensor, nn
 from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi._zuko import zuko
 from sbi_vi.estimators.embedding import embedding_output_dim
-from sbi_vi.estimators.splines import RQSTransform
+from sbi_vi.estimators.splines import RQSTransform, spline_call_and_ladj
 from sbi_vi.estimators.zscore import Standardize, ZScore, standardizers
 
 __all__ = ["FLOW_NAMES", "ConditionalFlow", "LikelihoodNetBuilder", "likelihood_nn"]
@@ -95,7 +95,32 @@ class ConditionalFlow(nn.Module):
 
     def _log_prob_flat(self, x: Tensor, theta: Tensor) -> Tensor:
         """log q(x | θ) for x ``[B, L]`` and θ ``[B, D]`` (no checks: the training path)."""
+        plan = self.__dict__.get("_fast_plan")
+        if plan is None:
+            plan = self.__dict__["_fast_plan"] = _fast_plan(self.flow)
+        if plan:
+            return self._log_prob_fast(x, theta, plan)
         return self.flow(self._context(theta)).log_prob(self.x_norm(x)) + self.x_norm.log_abs_det()
+
+    def _log_prob_fast(self, x: Tensor, theta: Tensor, plan: tuple) -> Tensor:
+        """The density of a zuko MAF (affine or with :class:`RQSTransform`) over a standard
+        normal, evaluated directly: the same arithmetic as zuko's ``flow(c).log_prob(z)``
+        without building its lazy transforms and distributions, with the log-determinants
+        summed over features once."""
+        c = self._context(theta)
+        z = self.x_norm(x)
+        total: Tensor | None = None
+        for t, step in zip(self.flow.transform.transforms, plan, strict=True):
+            phi = t.hyper(torch.cat((z, c), -1)).unflatten(-1, (-1, t.total))
+            if step is None:  # zuko's MonotonicAffineTransform (slope 1e-3)
+                shift, scale = phi.unbind(-1)
+                ladj = scale / (1 + (scale * _INV_LOG_SLOPE).abs())
+                z = torch.addcmul(shift, z, ladj.exp())
+            else:
+                z, ladj = spline_call_and_ladj(phi, z, *step)
+            total = ladj if total is None else total + ladj
+        log_base = -0.5 * z.square() if total is None else total - 0.5 * z.square()
+        return log_base.sum(-1) + (self.x_norm.log_abs_det() - z.shape[-1] * _HALF_LOG_2PI)
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         """log q(x | θ) for x ``[*, L]`` and θ ``[*, D]`` (broadcast), shape ``[*]``.
@@ -125,6 +150,50 @@ class ConditionalFlow(nn.Module):
             return self.x_norm.inverse(self.flow(context).sample(Size(sample_shape)))
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_INV_LOG_SLOPE = 1 / math.log(1e-3)  # zuko's MonotonicAffineTransform soft bound
+
+
+def _fast_plan(flow: nn.Module) -> tuple | bool:
+    """Per transform of a zuko MAF over a standard normal: ``None`` for zuko's affine
+    transform, ``(bins, bound, c)`` for a packed :class:`RQSTransform`; ``False`` for any
+    other flow (which then goes through zuko's own ``log_prob``)."""
+    from zuko.distributions import DiagNormal
+    from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+    from zuko.lazy import Flow, LazyComposedTransform, UnconditionalDistribution
+    from zuko.transforms import MonotonicAffineTransform
+
+    if not (
+        isinstance(flow, Flow)
+        and type(flow.transform) is LazyComposedTransform
+        and type(flow.base) is UnconditionalDistribution
+        and flow.base.f is DiagNormal
+    ):
+        return False
+    kwargs = flow.base.kwargs
+    loc_scale = list(flow.base.args) + [kwargs.pop(k) for k in ("loc", "scale") if k in kwargs]
+    if kwargs or len(loc_scale) != 2:
+        return False
+    loc, scale = loc_scale
+    if not (bool((loc == 0).all()) and bool((scale == 1).all())):
+        return False
+    plan: list = []
+    for t in flow.transform.transforms:
+        if type(t) is not MaskedAutoregressiveTransform:
+            return False
+        shapes = [tuple(shape) for shape in t.shapes]
+        if t.univariate is MonotonicAffineTransform and shapes == [(), ()]:
+            plan.append(None)
+        elif isinstance(t.univariate, _Spline) and len(shapes) == 1 and len(shapes[0]) == 1:
+            bins, rest = divmod(shapes[0][0] + 1, 3)
+            if rest or bins < 2:
+                return False
+            plan.append((bins, t.univariate.bound, -2.0 / math.log(1e-3)))
+        else:
+            return False
+    return tuple(plan) if plan else False
+
+
 def _build_zuko_flow(
     model: FlowName,
     features: int,
@@ -142,7 +211,9 @@ def _build_zuko_flow(
     if model == "nsf":
         kwargs = {
             "univariate": _Spline(float(tail_bound)),
-            "shapes": [(num_bins,), (num_bins,), (num_bins - 1,)],
+            # One packed tensor [widths, heights, derivatives]: the layout zuko's `unpack`
+            # gives with shapes (K,), (K,), (K - 1,), without splitting it.
+            "shapes": [(3 * num_bins - 1,)],
         }
     flow = zuko.flows.MAF(
         features, context, transforms=num_transforms, hidden_features=hidden, **kwargs
@@ -168,13 +239,16 @@ def _init_near_identity(flow: nn.Module) -> None:
 
 
 class _Spline:
-    """Picklable constructor ``(*phi) -> RQSTransform(*phi, bound=bound)``."""
+    """Picklable constructor ``(*phi) -> RQSTransform``: one packed tensor ``[*, 3K - 1]``,
+    or (flows built before packing) widths, heights and derivatives."""
 
     def __init__(self, bound: float):
         self.bound = bound
 
-    def __call__(self, widths: Tensor, heights: Tensor, derivatives: Tensor) -> RQSTransform:
-        return RQSTransform(widths, heights, derivatives, bound=self.bound)
+    def __call__(self, *phi: Tensor) -> RQSTransform:
+        if len(phi) == 1:
+            return RQSTransform.packed(phi[0], bound=self.bound)
+        return RQSTransform(*phi, bound=self.bound)
 
     def __repr__(self) -> str:
         return f"RQSTransform(bound={self.bound})"

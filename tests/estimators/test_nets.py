@@ -172,3 +172,30 @@ def test_a_zuko_flow_can_be_wrapped():
     assert q.log_prob(X[:2], THETA[:2]).shape == (2,)
     assert math.isfinite(float(q.loss(X, THETA).mean().detach()))
     assert isinstance(q.embedding_net, nn.Identity)
+
+
+@pytest.mark.parametrize("model", ["maf", "nsf"])
+def test_direct_density_matches_zuko_log_prob(model):
+    theta = THETA.double().requires_grad_()
+    q = likelihood_nn(model, num_transforms=3)(THETA, X).double()
+    with torch.no_grad():  # away from the near-identity start
+        for p in q.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    params = [theta, *q.parameters()]
+    fast = q.log_prob(X.double(), theta)
+    assert q.__dict__["_fast_plan"]  # the direct path was taken
+    g_fast = torch.autograd.grad(fast.sum(), params)
+    ref = q.flow(q._context(theta)).log_prob(q.x_norm(X.double())) + q.x_norm.log_abs_det()
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    torch.testing.assert_close(fast, ref)
+    for g, g0 in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(g, g0)
+
+
+def test_other_zuko_flows_keep_zuko_log_prob():
+    nsf = ConditionalFlow(zuko.flows.NSF(3, 2, transforms=1), Standardize(X), Standardize(THETA))
+    maf = ConditionalFlow(zuko.flows.MAF(3, 2, transforms=1), Standardize(X), Standardize(THETA))
+    nsf.log_prob(X[:2], THETA[:2])
+    maf.log_prob(X[:2], THETA[:2])
+    assert nsf.__dict__["_fast_plan"] is False
+    assert maf.__dict__["_fast_plan"] == (None,)
