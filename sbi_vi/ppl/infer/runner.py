@@ -95,7 +95,9 @@ class ModelRunner(Messenger):
         if mask is not None and mask is not True:
             lp = torch.zeros_like(lp) if mask is False else torch.where(mask, lp, 0.0)
         scale = msg.scale
-        if not (type(scale) is float and scale == 1.0):
+        # A number scales the site's sum (fused with the accumulation); a tensor each entry.
+        number = type(scale) is float or type(scale) is int
+        if not number:
             lp = lp * scale
         if lp.dim() != self.max_plate_nesting + 1:
             raise ValueError(
@@ -108,7 +110,12 @@ class ModelRunner(Messenger):
             n = lp.shape[0]
             # Summing dims of size 1 only drops them: a view, without a kernel.
             lp = lp.reshape(n) if lp.numel() == n else lp.sum(self._sum_dims)
-        self.log_p = lp if self.log_p is None else self.log_p + lp
+        if not number or scale == 1:
+            self.log_p = lp if self.log_p is None else self.log_p + lp
+        elif self.log_p is None:
+            self.log_p = lp * scale
+        else:
+            self.log_p = torch.add(self.log_p, lp, alpha=scale)
 
 
 class ParticlePlate(Plate):

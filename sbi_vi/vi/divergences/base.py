@@ -10,6 +10,7 @@ averages over the batch; ``value`` keeps one number per batch element.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ __all__ = [
     "Divergence",
     "DivergenceOutput",
     "LogDensity",
+    "all_finite",
     "detached_log_prob",
     "invalid_mass_surrogate",
     "invalid_penalty",
@@ -147,9 +149,34 @@ def safe_log_p(log_p: LogDensity, theta: Tensor, sample_ndim: int = 1) -> tuple[
         ``log_p`` of shape ``[*S, *batch]`` (finite wherever a batch element has a valid
         particle) and the boolean ``valid`` mask of the same shape.
     """
+    lp, valid = _safe_log_p(log_p, theta, sample_ndim)
+    return lp, torch.isfinite(lp) if valid is None else valid
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, read with as little work as possible.
+
+    A one-element CPU tensor is read directly; otherwise the sum of a CPU tensor is
+    checked first (finite sum: every entry finite; one kernel and no mask), with the
+    element-wise test only when the sum is not finite (an entry is, or the sum overflowed).
+    """
+    if t.device.type == "cpu" and t.is_floating_point():
+        if t.numel() == 1:
+            return math.isfinite(t.item())
+        if math.isfinite(torch.sum(t.detach()).item()):
+            return True
+    return bool(torch.isfinite(t).all())
+
+
+def _safe_log_p(
+    log_p: LogDensity, theta: Tensor, sample_ndim: int = 1
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`safe_log_p` whose mask is ``None`` when every particle is valid."""
     lp = log_p(theta)
+    if all_finite(lp):
+        return lp, None
     valid = torch.isfinite(lp)
-    if bool(valid.all()) or not bool(valid.any()):
+    if not bool(valid.any()):
         return lp, valid
     batch_shape = valid.shape[sample_ndim:]
     d = theta.shape[-1]

@@ -11,11 +11,12 @@ from sbi_vi.vi.divergences.base import (
     Divergence,
     DivergenceOutput,
     LogDensity,
+    _safe_log_p,
+    all_finite,
     detached_log_prob,
     invalid_mass_surrogate,
     invalid_penalty,
     masked_mean,
-    safe_log_p,
 )
 from sbi_vi.vi.families.base import rsample_and_log_prob
 
@@ -59,7 +60,7 @@ class ReverseKL(Divergence):
         context: Tensor | None = None,
     ) -> DivergenceOutput:
         theta, log_q = rsample_and_log_prob(family(context), (n_particles,))
-        lp, valid = safe_log_p(log_p, theta)
+        lp, valid = _safe_log_p(log_p, theta)
         if self.stick_the_landing:
             log_q_grad = detached_log_prob(family, theta, context)
         else:
@@ -67,6 +68,7 @@ class ReverseKL(Divergence):
         out, penalty = _reverse_kl(lp, log_q, log_q_grad, valid)
         if penalty is None:  # every particle valid: no mass to push out
             return out
+        assert valid is not None
         surrogate = invalid_mass_surrogate(family, theta, valid, context, penalty)
         return replace(out, loss=out.loss + surrogate)
 
@@ -83,20 +85,22 @@ class ReverseKL(Divergence):
             >>> out.loss, out.value
             (tensor(1.), tensor(1.))
         """
-        valid = torch.isfinite(log_p)
+        valid = None if all_finite(log_p) else torch.isfinite(log_p)
         out, _ = _reverse_kl(log_p, log_q, log_q if log_q_grad is None else log_q_grad, valid)
         return out
 
 
 def _reverse_kl(
-    lp: Tensor, log_q: Tensor, log_q_grad: Tensor, valid: Tensor
+    lp: Tensor, log_q: Tensor, log_q_grad: Tensor, valid: Tensor | None
 ) -> tuple[DivergenceOutput, Tensor | None]:
     """The rKL output from ``[particles, *batch]`` log densities, and the invalid penalty
-    (``None`` when every particle is valid: the common case takes a few tensor ops)."""
-    if bool(valid.all()):
+    (``None`` when every particle is valid, ``valid is None``: a few tensor ops)."""
+    if valid is None:
         diff = log_q_grad - lp
         neg_w = diff.detach() if log_q_grad is log_q else (log_q - lp).detach()
-        return DivergenceOutput(diff.mean(), neg_w.mean(0), -neg_w, 0), None
+        if diff.numel() == 1:  # one particle, one batch element: the means are views
+            return DivergenceOutput(diff.reshape(()), neg_w.reshape(neg_w.shape[1:]), -neg_w), None
+        return DivergenceOutput(diff.mean(), neg_w.mean(0), -neg_w), None
     log_w = torch.where(valid, lp - log_q, float("-inf")).detach()
     penalty = invalid_penalty(log_w, valid)
     loss = masked_mean(log_q_grad - lp, valid).mean()

@@ -59,8 +59,11 @@ class GuideDraw:
 
 
 def _sum_to(t: Tensor, ndim: int) -> Tensor:
-    """Sum ``t`` over every dim after the first ``ndim``."""
+    """Sum ``t`` over every dim after the first ``ndim`` (a view if those dims are all 1)."""
     if t.dim() > ndim:
+        lead = t.shape[:ndim]
+        if t.numel() == lead.numel():
+            return t.reshape(lead)
         return t.sum(tuple(range(ndim, t.dim())))
     return t
 
@@ -300,10 +303,9 @@ class AutoGuide(nn.Module):
                 index = indices.get(name)
                 if index is not None:
                     scale *= size / index.shape[0]
-            lq = _sum_to(lq, 1)
-            log_q = log_q + (lq if scale == 1.0 else scale * lq)
+            log_q = torch.add(log_q, _sum_to(lq, 1), alpha=scale)
             if log_q_det is not None and lq_det is not None:
-                log_q_det = log_q_det + scale * _sum_to(lq_det, 1)
+                log_q_det = torch.add(log_q_det, _sum_to(lq_det, 1), alpha=scale)
         return GuideDraw(values, log_q, log_q_det, u)
 
     def log_p_of_u(self, run_model: Callable[[dict[str, Tensor], int], Tensor]) -> Callable:
