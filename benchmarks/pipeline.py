@@ -763,6 +763,7 @@ def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str,
             run = (complete or partial or [None])[-1]
             s[f"{p}.run"] = run
             s[f"{p}.complete"] = bool(complete)
+            s[f"{p}.seed"] = (run or {}).get("seed")
             s[f"{p}.errors"] = [r["error"] for r in runs if r.get("error")] + [
                 f"obs {o['num_observation']}: {o['error']}"
                 for r in ([run] if run else [])
@@ -838,8 +839,8 @@ def phase_table(summaries: list[dict[str, Any]]) -> str:
     head = (
         "| task | method | package | simulate s | estimator CPU / wall s (epochs) "
         "| VI CPU / wall s per obs (QC CPU, mean) | VI iters per obs | sample wall s per obs "
-        "| C2ST per obs | k̂ per obs |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| C2ST per obs | k̂ per obs | run: seed, started (UTC), sbi_vi source |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
 
@@ -851,7 +852,7 @@ def phase_table(summaries: list[dict[str, Any]]) -> str:
             run = s[f"{p}.run"]
             if run is None:
                 err = "; ".join(e[:80] for e in s[f"{p}.errors"]) or "not run"
-                lines.append(f"| {s['task']} | {s['method']} | {p} | {err} ||||||| ")
+                lines.append(f"| {s['task']} | {s['method']} | {p} | {err} |||||||| ")
                 continue
             obs = [o for o in run.get("per_observation", []) if not o.get("error")]
             vi = ", ".join(f"{_fmt(o.get('vi_cpu_s'))} / {_fmt(o.get('vi_wall_s'))}" for o in obs)
@@ -862,8 +863,86 @@ def phase_table(summaries: list[dict[str, Any]]) -> str:
                 f"| {vi or '—'} ({_fmt(s[f'{p}.qc_cpu_mean'])}) "
                 f"| {each(s[f'{p}.vi_iters_each'], 'd')} "
                 f"| {each([o.get('sample_wall_s') for o in obs], '.2f')} "
-                f"| {each(s[f'{p}.c2st_each'], '.3f')} | {each(s[f'{p}.khat_each'], '.2f')} |"
+                f"| {each(s[f'{p}.c2st_each'], '.3f')} | {each(s[f'{p}.khat_each'], '.2f')} "
+                f"| {_run_label(run)} |"
             )
+    return "\n".join(lines)
+
+
+def _run_label(run: dict[str, Any]) -> str:
+    """``seed N, MM-DD HH:MM, <source hash>`` of a run row."""
+    started = str(run.get("started") or "")[5:16].replace("T", " ")
+    return f"seed {run.get('seed')}, {started or '—'}, {run.get('sbi_vi_src_hash') or '—'}"
+
+
+def seed_summaries(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str, Any]]:
+    """Per task × method run with more than one seed: the latest complete run of each
+    package per seed, and the means over those seeds."""
+    by_seed: dict[tuple[str, str], dict[Any, dict[str, dict]]] = {}
+    for row in rows:
+        if bool(row.get("quick")) != quick or row.get("kind") != "run":
+            continue
+        if row.get("error") or not row.get("total_cpu_s"):
+            continue
+        key = (row["task"], row["method"])
+        by_seed.setdefault(key, {}).setdefault(row.get("seed"), {})[row["package"]] = row
+    torder = {name: i for i, name in enumerate(TASKS)}
+    morder = {name: i for i, name in enumerate(METHODS)}
+    out = []
+    for key in sorted(by_seed, key=lambda k: (torder.get(k[0], 99), morder.get(k[1], 99))):
+        seeds = {
+            seed: runs
+            for seed, runs in sorted(by_seed[key].items(), key=lambda kv: str(kv[0]))
+            if all(p in runs for p in PACKAGES)
+        }
+        if len(seeds) < 2:
+            continue
+        per_seed = []
+        for seed, runs in seeds.items():
+            entry: dict[str, Any] = {"seed": seed}
+            for p in PACKAGES:
+                obs = [o for o in runs[p].get("per_observation", []) if not o.get("error")]
+                entry[f"{p}.c2st"] = _mean([o.get("c2st") for o in obs])
+                entry[f"{p}.epochs"] = runs[p].get("epochs")
+                entry[f"{p}.total_cpu_s"] = runs[p].get("total_cpu_s")
+                entry[f"{p}.run"] = runs[p]
+            entry["ratio"] = _ratio(entry["sbi_vi.total_cpu_s"], entry["sbi.total_cpu_s"])
+            per_seed.append(entry)
+        mean = {
+            f: _mean([e[f] for e in per_seed])
+            for f in ("sbi_vi.c2st", "sbi.c2st", "sbi_vi.epochs", "sbi.epochs", "ratio")
+        }
+        c_vi, c_sbi = mean["sbi_vi.c2st"], mean["sbi.c2st"]
+        mean["target_c2st"] = (
+            None if c_vi is None or c_sbi is None else c_vi <= c_sbi + C2ST_MARGIN
+        )
+        out.append({"task": key[0], "method": key[1], "seeds": per_seed, "mean": mean})
+    return out
+
+
+def seed_table(seed_rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| task | method | seed | C2ST sbi_vi | C2ST sbi | epochs sbi_vi / sbi "
+        "| ratio CPU total | C2ST target | runs (sbi_vi; sbi) |\n"
+        "|---|---|---|---:|---:|---:|---:|:-:|---|"
+    )
+    lines = [head]
+    for g in seed_rows:
+        for e in g["seeds"]:
+            lines.append(
+                f"| {g['task']} | {g['method']} | {e['seed']} | {_fmt(e['sbi_vi.c2st'], '.3f')} "
+                f"| {_fmt(e['sbi.c2st'], '.3f')} "
+                f"| {_fmt(e['sbi_vi.epochs'], '.0f')} / {_fmt(e['sbi.epochs'], '.0f')} "
+                f"| {_fmt(e['ratio'], '.2f')} | "
+                f"| {_run_label(e['sbi_vi.run'])}; {_run_label(e['sbi.run'])} |"
+            )
+        m = g["mean"]
+        lines.append(
+            f"| {g['task']} | {g['method']} | **mean of {len(g['seeds'])}** "
+            f"| {_fmt(m['sbi_vi.c2st'], '.3f')} | {_fmt(m['sbi.c2st'], '.3f')} "
+            f"| {_fmt(m['sbi_vi.epochs'], '.0f')} / {_fmt(m['sbi.epochs'], '.0f')} "
+            f"| {_fmt(m['ratio'], '.2f')} | {_mark(m['target_c2st'])} | |"
+        )
     return "\n".join(lines)
 
 
@@ -893,12 +972,26 @@ def report(args: argparse.Namespace) -> None:
     path = _output(args)
     rows = merged_rows(path)
     summaries = summarise(rows, quick=args.quick)
-    used = [r for r in rows if bool(r.get("quick")) == bool(args.quick)]
+    seed_rows = seed_summaries(rows, quick=args.quick)
+    every = [r for r in rows if bool(r.get("quick")) == bool(args.quick)]
+    used_ids = {
+        id(s[f"{p}.run"]) for s in summaries for p in PACKAGES if s[f"{p}.run"] is not None
+    }
+    used_ids |= {id(e[f"{p}.run"]) for g in seed_rows for e in g["seeds"] for p in PACKAGES}
+    used = [r for r in every if id(r) in used_ids]
     envs = {(r.get("device_name"), r.get("torch"), r.get("sbi")) for r in used}
     commits = sorted({f"{r.get('git_commit')}/{r.get('sbi_vi_src_hash')}" for r in used})
     table = markdown_table(summaries)
     phases = phase_table(summaries)
+    seeds = seed_table(seed_rows) if seed_rows else ""
     missed, notes = misses(summaries)
+    for g in seed_rows:
+        m = g["mean"]
+        if m["target_c2st"] is False:
+            missed.append(
+                f"- {g['task']} / {g['method']} (mean of {len(g['seeds'])} seeds): C2ST "
+                f"{m['sbi_vi.c2st']:.3f} > sbi's {m['sbi.c2st']:.3f} + {C2ST_MARGIN}"
+            )
     complete = sum(1 for s in summaries if s["sbi_vi.complete"] and s["sbi.complete"])
     c2st_n = {r.get("c2st_max_samples") for r in used}
     block = "\n".join(
@@ -907,7 +1000,11 @@ def report(args: argparse.Namespace) -> None:
             "",
             f"Rows: {complete} task × method pairs with both packages finished, "
             f"{len(summaries)} started; built from `{os.path.relpath(path, ROOT.parent)}` "
-            f"({len(used)} runs) on {_now()}. Machines/versions: "
+            f"({len(every)} runs, {len(used)} of them shown) on {_now()}. Each row shows the "
+            "latest complete run of each package for that task × method, whatever its seed "
+            "(the `run` column of the per-phase table names it); rows run with more than one "
+            "seed also get the latest run per seed and their mean, below. Machines/versions "
+            "of the runs shown: "
             + "; ".join(f"{d}, torch {t}, sbi {s}" for d, t, s in sorted(envs, key=str))
             + f"; sbi_vi commit/source hash {', '.join(commits) or '—'}; "
             f"C2ST on {', '.join(str(n) for n in sorted(c2st_n, key=str))} draws of each set.",
@@ -922,6 +1019,18 @@ def report(args: argparse.Namespace) -> None:
             "",
             phases,
             "",
+            *(
+                [
+                    "Over seeds (the latest complete run of each package per seed; C2ST is "
+                    "the mean over the observations of that run; the target is checked on the "
+                    "mean over seeds):",
+                    "",
+                    seeds,
+                    "",
+                ]
+                if seeds
+                else []
+            ),
             "Rows missing a target:" if missed else "Every finished row meets its targets.",
             "",
             *missed,
@@ -936,6 +1045,9 @@ def report(args: argparse.Namespace) -> None:
     print()
     print(phases)
     print()
+    if seeds:
+        print(seeds)
+        print()
     print("\n".join(missed + notes))
     if args.quick:
         return  # smoke-test numbers are printed, never written into the README
