@@ -1,6 +1,7 @@
 """Diagnostics of variational posteriors: pure functions returning small result objects.
 
 - :func:`psis` — Pareto-smoothed importance sampling: k-hat, ESS, log-evidence estimate.
+- :func:`log_mean_weight` — the importance-sampling log-evidence estimate alone.
 - :func:`khat_verdict`, :func:`khat_threshold` — reading a k-hat.
 - :func:`prop_metric` — sbi's ``prop`` metric (is q proportional to the target?).
 - :func:`c2st` — classifier two-sample test against reference samples (sbibm's metric).
@@ -12,7 +13,13 @@
 from sbi_vi.diagnostics.c2st import c2st
 from sbi_vi.diagnostics.coverage import CoverageResult, run_coverage
 from sbi_vi.diagnostics.prop import PropResult, prop_metric
-from sbi_vi.diagnostics.psis import PSISResult, khat_threshold, khat_verdict, psis
+from sbi_vi.diagnostics.psis import (
+    PSISResult,
+    khat_threshold,
+    khat_verdict,
+    log_mean_weight,
+    psis,
+)
 from sbi_vi.diagnostics.sbc import SBCResult, check_sbc, run_sbc
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "check_sbc",
     "khat_threshold",
     "khat_verdict",
+    "log_mean_weight",
     "prop_metric",
     "psis",
     "run_coverage",

@@ -38,7 +38,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GOOD_KHAT", "MAX_KHAT", "PSISResult", "khat_threshold", "khat_verdict", "psis"]
+__all__ = [
+    "GOOD_KHAT",
+    "MAX_KHAT",
+    "PSISResult",
+    "khat_threshold",
+    "khat_verdict",
+    "log_mean_weight",
+    "psis",
+]
 
 GOOD_KHAT = 0.5
 """k̂ at or below this: importance weights have finite variance."""
@@ -179,6 +187,25 @@ def _import_arviz() -> Any:
     return arviz
 
 
+def log_mean_weight(log_w: Tensor) -> Tensor:
+    """The importance-sampling log-evidence estimate ``log (1/S) Σ_s w_s`` over dim 0.
+
+    The same quantity as :attr:`PSISResult.log_evidence` without the Pareto fit, for front
+    ends that need only the estimate (e.g. a VAE's marginal log-likelihood per cell).
+
+    Args:
+        log_w: Log importance weights, shape ``[S, *B]``.
+
+    Returns:
+        Shape ``[*B]``.
+
+    Example:
+        >>> float(log_mean_weight(torch.log(torch.tensor([1.0, 3.0]))))
+        0.6931471824645996
+    """
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
 def psis(log_w: Tensor | np.ndarray, *, reff: float = 1.0) -> PSISResult:
     """Pareto-smooth log importance weights and diagnose them.
 
@@ -259,7 +286,7 @@ def psis(log_w: Tensor | np.ndarray, *, reff: float = 1.0) -> PSISResult:
         torch.exp(-torch.logsumexp(2.0 * smoothed_t, dim=1)),
         torch.zeros(()),
     )
-    log_evidence = torch.logsumexp(torch.from_numpy(columns), dim=1) - math.log(n_particles)
+    log_evidence = log_mean_weight(torch.from_numpy(columns).T)
 
     log_weights = smoothed_t.T.reshape(values.shape).to(device=device, dtype=dtype)
     if not batch_shape:

@@ -65,6 +65,8 @@ def build_family(
     parameters: Iterable | None = None,
     modules: Iterable | None = None,
     device: str | torch.device = "cpu",
+    embedding_net: torch.nn.Module | None = None,
+    context_layers: int = 2,
 ) -> Family:
     """Build the variational family that ``q`` names or wraps.
 
@@ -82,6 +84,10 @@ def build_family(
         parameters: Trainable tensors of a user distribution.
         modules: Modules of a user distribution.
         device: Device of the family.
+        embedding_net: Network applied to the context first (named families only); the
+            family then reads its output of size ``context_size``.
+        context_layers: Hidden layers of a conditional Gaussian's context network (0: a
+            linear head on the context, e.g. on an encoder's features).
 
     Returns:
         The family, on ``device``.
@@ -97,15 +103,23 @@ def build_family(
     """
     if isinstance(q, Family):
         return q.to(device)
+    if embedding_net is not None and not isinstance(q, str):
+        raise TypeError("`embedding_net` applies to the named families only.")
     if isinstance(q, str):
         if q not in FAMILIES:
             raise ValueError(
                 f"`q` must be one of {', '.join(map(repr, FAMILY_NAMES))}, a Distribution or "
                 f"a callable; got {q!r}."
             )
-        kwargs: dict = {"context_size": context_size, "hidden_features": hidden_features}
+        kwargs: dict = {
+            "context_size": context_size,
+            "hidden_features": hidden_features,
+            "embedding_net": embedding_net,
+        }
         if q in FLOW_BUILDERS:
             kwargs.update(num_transforms=num_transforms, direction=direction)
+        else:
+            kwargs.update(context_layers=context_layers)
         return FAMILIES[q](event_size, link, shift, scale, **kwargs).to(device)
     if isinstance(q, Distribution):
         return DistributionFamily(q, parameters, modules, link)

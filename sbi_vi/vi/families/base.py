@@ -111,6 +111,9 @@ class Family(nn.Module, abc.ABC):
         link: Bijection from ℝᴰ onto the prior's support.
         shift: Location of the standardisation in unconstrained space, shape ``[D]``.
         scale: Scale of the standardisation in unconstrained space, shape ``[D]``.
+        embedding_net: Network applied to the context before the family reads it (its
+            parameters are the family's, so stick-the-landing and DReG detach them too);
+            ``context_size`` of a conditional family is then the size of its output.
     """
 
     #: Whether ``log_prob`` of arbitrary θ is as cheap as sampling (for divergence choice).
@@ -122,9 +125,12 @@ class Family(nn.Module, abc.ABC):
         link: Transform = identity_transform,
         shift: Tensor | None = None,
         scale: Tensor | None = None,
+        *,
+        embedding_net: nn.Module | None = None,
     ):
         super().__init__()
         self.event_size = int(event_size)
+        self.embedding_net = embedding_net
         self.link = link
         self.register_buffer(
             "shift", torch.zeros(event_size) if shift is None else torch.as_tensor(shift).clone()
@@ -151,4 +157,6 @@ class Family(nn.Module, abc.ABC):
             if self.link is not identity_transform
             else affine
         )
+        if context is not None and self.embedding_net is not None:
+            context = self.embedding_net(context)
         return LinkedDistribution(self.base(context), link)

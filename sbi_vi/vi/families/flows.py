@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, identity_transform
 
@@ -51,6 +51,8 @@ class FlowFamily(Family):
         hidden_features: Width of the two hidden layers of each conditioner.
         direction: ``"sample"`` makes sampling one pass (for rKL/IW/alpha), ``"density"``
             makes ``log_prob`` one pass (for fKL, stick-the-landing, DReG).
+        embedding_net: Network applied to the context first (see :class:`Family`);
+            ``context_size`` is then the size of its output.
         **flow_kwargs: Passed to the zuko constructor (e.g. ``bins`` for NSF).
 
     Example:
@@ -72,9 +74,10 @@ class FlowFamily(Family):
         num_transforms: int = 5,
         hidden_features: int = 50,
         direction: Direction = "sample",
+        embedding_net: nn.Module | None = None,
         **flow_kwargs: Any,
     ):
-        super().__init__(event_size, link, shift, scale)
+        super().__init__(event_size, link, shift, scale, embedding_net=embedding_net)
         check_choice("q", flow, FLOW_BUILDERS)
         check_choice("direction", direction, ("sample", "density"))
         num_transforms = check_positive_int("num_transforms", num_transforms)

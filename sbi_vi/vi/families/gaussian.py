@@ -92,14 +92,17 @@ class DiagonalGaussianDistribution(GaussianDistribution):
         return torch.diag_embed(self.scale)
 
 
-def _context_net(context_size: int, hidden_features: int, out_features: int) -> nn.Module:
-    net = nn.Sequential(
-        nn.Linear(context_size, hidden_features),
-        nn.ReLU(),
-        nn.Linear(hidden_features, hidden_features),
-        nn.ReLU(),
-        nn.Linear(hidden_features, out_features),
-    )
+def _context_net(
+    context_size: int, hidden_features: int, out_features: int, hidden_layers: int = 2
+) -> nn.Module:
+    """An MLP of the context with ``hidden_layers`` ReLU layers (0: a linear head), whose
+    zero-initialised last layer makes the family start at its standardisation."""
+    layers: list[nn.Module] = []
+    width = context_size
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, hidden_features), nn.ReLU()]
+        width = hidden_features
+    net = nn.Sequential(*layers, nn.Linear(width, out_features))
     nn.init.zeros_(net[-1].weight)
     nn.init.zeros_(net[-1].bias)
     return net
@@ -118,8 +121,12 @@ class Gaussian(Family):
         link: Bijection from ℝᴰ onto the support.
         shift: Standardisation location, shape ``[D]``; the family starts at N(shift, scale²).
         scale: Standardisation scale, shape ``[D]``.
-        context_size: Size ``L`` of a context; if positive, a network of x gives the parameters.
+        context_size: Size ``L`` of a context (after ``embedding_net``); if positive, a
+            network of the context gives the parameters.
         hidden_features: Width of the context network.
+        context_layers: Hidden layers of the context network (0: the parameters are a
+            linear function of the context, e.g. of an encoder's features).
+        embedding_net: Network applied to the context first (see :class:`Family`).
 
     Example:
         >>> q = Gaussian(3)()
@@ -138,14 +145,17 @@ class Gaussian(Family):
         *,
         context_size: int = 0,
         hidden_features: int = 50,
+        context_layers: int = 2,
+        embedding_net: nn.Module | None = None,
     ):
-        super().__init__(event_size, link, shift, scale)
+        super().__init__(event_size, link, shift, scale, embedding_net=embedding_net)
         d = self.event_size
         self.context_size = check_positive_int("context_size", context_size, allow_zero=True)
+        context_layers = check_positive_int("context_layers", context_layers, allow_zero=True)
         self.register_buffer("_tril_index", torch.tril_indices(d, d, offset=-1), persistent=False)
         n_out = self._n_params()
         if self.context_size:
-            self.net = _context_net(self.context_size, hidden_features, n_out)
+            self.net = _context_net(self.context_size, hidden_features, n_out, context_layers)
         else:
             self.params = nn.Parameter(torch.zeros(n_out))
 

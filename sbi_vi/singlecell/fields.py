@@ -1,0 +1,337 @@
+"""AnnData set-up: declared fields, validated once, and transferred to new data.
+
+``setup_anndata`` records which parts of an ``AnnData`` the model reads — the count
+``layer`` (or ``X``), the batch, label and size-factor columns of ``obs``, categorical and
+continuous covariates — in a :class:`AnnDataSetup` (a frozen record, stored as a plain dict
+in ``adata.uns["_sbi_vi_setup"]`` so it survives ``write_h5ad``). Categories are encoded
+once; a model trained on one AnnData re-encodes another with the same codes
+(:meth:`AnnDataSetup.transfer`), so genes in another order or an unseen batch are clear
+errors instead of silently wrong numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = ["SETUP_KEY", "AnnDataSetup", "check_counts", "get_counts", "setup_anndata"]
+
+SETUP_KEY = "_sbi_vi_setup"
+"""Where :func:`setup_anndata` stores its record in ``adata.uns``."""
+
+_CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class AnnDataSetup:
+    """The fields a model reads from an AnnData, with their category codes.
+
+    Attributes:
+        layer: Layer holding the counts (``None``: ``adata.X``).
+        batch_key: ``obs`` column of the batch (``None``: one batch).
+        labels_key: ``obs`` column of the cell labels (``None``: none).
+        size_factor_key: ``obs`` column of per-cell size factors (``None``: none).
+        categorical_covariate_keys: Extra categorical ``obs`` columns.
+        continuous_covariate_keys: Extra continuous ``obs`` columns.
+        var_names: The genes, in order.
+        batch_categories: Batch names in code order.
+        labels_categories: Label names in code order.
+        covariate_categories: Per categorical covariate, its names in code order.
+    """
+
+    layer: str | None = None
+    batch_key: str | None = None
+    labels_key: str | None = None
+    size_factor_key: str | None = None
+    categorical_covariate_keys: tuple[str, ...] = ()
+    continuous_covariate_keys: tuple[str, ...] = ()
+    var_names: tuple[str, ...] = ()
+    batch_categories: tuple[str, ...] = ("0",)
+    labels_categories: tuple[str, ...] = ("0",)
+    covariate_categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var_names)
+
+    @property
+    def n_batch(self) -> int:
+        return len(self.batch_categories)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels_categories)
+
+    @property
+    def n_cats_per_cov(self) -> tuple[int, ...]:
+        return tuple(len(self.covariate_categories[k]) for k in self.categorical_covariate_keys)
+
+    @property
+    def n_continuous_cov(self) -> int:
+        return len(self.continuous_covariate_keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-dict form (lists and strings) that ``h5ad`` files and JSON can hold."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        out["covariate_categories"] = {k: list(v) for k, v in self.covariate_categories.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> AnnDataSetup:
+        record = dict(record)
+        for key in (
+            "categorical_covariate_keys",
+            "continuous_covariate_keys",
+            "var_names",
+            "batch_categories",
+            "labels_categories",
+        ):
+            record[key] = tuple(str(v) for v in record.get(key, ()))
+        record["covariate_categories"] = {
+            str(k): tuple(str(v) for v in vals)
+            for k, vals in dict(record.get("covariate_categories", {})).items()
+        }
+        for key in ("layer", "batch_key", "labels_key", "size_factor_key"):
+            value = record.get(key)
+            record[key] = None if value is None or value == "" else str(value)
+        return cls(**record)
+
+    # -- reading an AnnData with this set-up --------------------------------------------
+
+    def check_compatible(self, adata: Any) -> None:
+        """Raise if ``adata`` does not have this set-up's genes, in order, and columns.
+
+        Raises:
+            ValueError: Different genes or gene order, or a missing column or layer.
+        """
+        names = tuple(str(v) for v in adata.var_names)
+        if names != self.var_names:
+            if set(names) == set(self.var_names):
+                raise ValueError(
+                    "`adata` has the model's genes in another order; reorder it with "
+                    "`adata = adata[:, model.adata.var_names]` first."
+                )
+            missing = [g for g in self.var_names if g not in set(names)][:5]
+            raise ValueError(
+                f"`adata` has {len(names)} genes, the model was set up with {self.n_vars}; "
+                f"e.g. missing: {missing}."
+            )
+        if self.layer is not None and self.layer not in adata.layers:
+            raise ValueError(f"`adata` has no layer {self.layer!r} (the model's count layer).")
+        for key in self._obs_keys():
+            if key not in adata.obs:
+                raise ValueError(f"`adata.obs` has no column {key!r}, which the model reads.")
+
+    def _obs_keys(self) -> list[str]:
+        keys = [self.batch_key, self.labels_key, self.size_factor_key]
+        keys += list(self.categorical_covariate_keys) + list(self.continuous_covariate_keys)
+        return [k for k in keys if k is not None]
+
+    def batch_codes(self, adata: Any) -> np.ndarray:
+        """Batch code of every cell, shape ``[n_obs]`` (int64)."""
+        return _codes(adata, self.batch_key, self.batch_categories, "batch_key")
+
+    def labels_codes(self, adata: Any) -> np.ndarray:
+        """Label code of every cell, shape ``[n_obs]`` (int64)."""
+        return _codes(adata, self.labels_key, self.labels_categories, "labels_key")
+
+    def covariate_codes(self, adata: Any) -> np.ndarray:
+        """Codes of the categorical covariates, shape ``[n_obs, n_cat_cov]`` (int64)."""
+        cols = [
+            _codes(adata, k, self.covariate_categories[k], "categorical_covariate_keys")
+            for k in self.categorical_covariate_keys
+        ]
+        return np.stack(cols, 1) if cols else np.zeros((adata.n_obs, 0), dtype=np.int64)
+
+    def continuous_covariates(self, adata: Any) -> np.ndarray:
+        """The continuous covariates, shape ``[n_obs, n_cont_cov]`` (float32)."""
+        cols = []
+        for key in self.continuous_covariate_keys:
+            values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(np.float64)
+            if not np.isfinite(values).all():
+                bad = int(np.flatnonzero(~np.isfinite(values))[0])
+                raise ValueError(
+                    f"`adata.obs[{key!r}]` (continuous covariate) must be finite numbers; "
+                    f"cell {adata.obs_names[bad]!r} has {adata.obs[key].iloc[bad]!r}."
+                )
+            cols.append(values.astype(np.float32))
+        return np.stack(cols, 1) if cols else np.zeros((adata.n_obs, 0), dtype=np.float32)
+
+    def size_factors(self, adata: Any) -> np.ndarray | None:
+        """Per-cell size factors, shape ``[n_obs]``, or ``None`` if none were declared."""
+        if self.size_factor_key is None:
+            return None
+        values = pd.to_numeric(adata.obs[self.size_factor_key], errors="coerce").to_numpy()
+        if not (np.isfinite(values).all() and (values > 0).all()):
+            raise ValueError(
+                f"`adata.obs[{self.size_factor_key!r}]` (size_factor_key) must hold positive "
+                "finite numbers."
+            )
+        return values.astype(np.float32)
+
+    def transfer(self, adata: Any) -> AnnDataSetup:
+        """Check ``adata`` against this set-up (genes, columns, known categories).
+
+        Returns:
+            This set-up (the codes of a new AnnData are this set-up's codes).
+
+        Raises:
+            ValueError: Genes differ, a column is missing, or a batch / label / covariate
+                category was not seen at set-up.
+        """
+        self.check_compatible(adata)
+        self.batch_codes(adata)
+        self.labels_codes(adata)
+        self.covariate_codes(adata)
+        return self
+
+
+def _codes(adata: Any, key: str | None, categories: Sequence[str], arg: str) -> np.ndarray:
+    if key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    values = adata.obs[key].astype(str).to_numpy()
+    lookup = {c: i for i, c in enumerate(categories)}
+    codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    if (codes < 0).any():
+        unknown = sorted(set(values[codes < 0]))[:5]
+        raise ValueError(
+            f"`adata.obs[{key!r}]` ({arg}) has categories the model was not set up with: "
+            f"{unknown}; known: {list(categories)[:10]}."
+        )
+    return codes
+
+
+def _categories(adata: Any, key: str | None, arg: str) -> tuple[str, ...]:
+    if key is None:
+        return ("0",)
+    if key not in adata.obs:
+        raise ValueError(f"`{arg}`={key!r} is not a column of `adata.obs`.")
+    column = adata.obs[key]
+    if column.isna().any():
+        raise ValueError(f"`adata.obs[{key!r}]` ({arg}) has missing values.")
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        present = set(column.astype(str))
+        cats = [str(c) for c in column.cat.categories if str(c) in present]
+    else:
+        cats = sorted({str(v) for v in column})
+    return tuple(cats)
+
+
+def get_counts(adata: Any, layer: str | None) -> Any:
+    """The count matrix of ``adata`` (``X`` or ``layers[layer]``): dense, sparse or backed."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("`adata.X` is empty; pass the `layer` that holds the counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"`layer`={layer!r} is not a layer of `adata` (layers: {list(adata.layers)})."
+        )
+    return adata.layers[layer]
+
+
+def check_counts(matrix: Any, where: str) -> None:
+    """Check that ``matrix`` holds non-negative whole numbers, chunk by chunk.
+
+    Dense arrays, scipy sparse matrices and backed (on-disk) matrices are read in chunks
+    of rows, so a matrix larger than memory is checked without loading it.
+
+    Raises:
+        TypeError: If the dtype is not numeric.
+        ValueError: Naming ``where`` and the first bad entry (row, column, value).
+    """
+    dtype = getattr(matrix, "dtype", None)
+    if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(f"{where} must hold numbers, got dtype {dtype}.")
+    n_rows = matrix.shape[0]
+    for start in range(0, n_rows, _CHUNK_ROWS):
+        chunk = matrix[start : start + _CHUNK_ROWS]
+        if sp.issparse(chunk):
+            chunk = sp.csr_matrix(chunk)
+            values = chunk.data
+        else:
+            values = np.asarray(chunk)
+        if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+            bad = values < 0
+        else:
+            bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
+        if bad.any():
+            if sp.issparse(chunk):
+                first = int(np.flatnonzero(bad)[0])  # position in the CSR data array
+                row = int(np.searchsorted(chunk.indptr, first, side="right") - 1)
+                col = int(chunk.indices[first])
+                value = values[first]
+            else:
+                row, col = (int(i) for i in np.argwhere(bad)[0])
+                value = values[row, col]
+            raise ValueError(
+                f"{where} must hold counts (non-negative whole numbers); entry "
+                f"[{start + row}, {col}] is {value!r}."
+            )
+
+
+def setup_anndata(
+    adata: Any,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    labels_key: str | None = None,
+    size_factor_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+) -> AnnDataSetup:
+    """Declare and validate the fields a single-cell model reads from ``adata``.
+
+    Args:
+        adata: An ``AnnData`` (in memory or backed) of raw counts, cells × genes.
+        layer: Layer with the counts (``None``: ``adata.X``).
+        batch_key: ``obs`` column with the batch of each cell.
+        labels_key: ``obs`` column with cell labels.
+        size_factor_key: ``obs`` column with per-cell size factors (then the library size
+            is not learnt but ``log`` of that factor).
+        categorical_covariate_keys: More categorical ``obs`` columns injected like the batch.
+        continuous_covariate_keys: Continuous ``obs`` columns injected into the decoder.
+
+    Returns:
+        The :class:`AnnDataSetup`, also stored in ``adata.uns["_sbi_vi_setup"]``.
+
+    Raises:
+        ValueError: Missing layer or column, counts that are not non-negative whole
+            numbers (naming the entry), or an empty AnnData.
+    """
+    if not (hasattr(adata, "obs") and hasattr(adata, "var_names") and hasattr(adata, "uns")):
+        raise TypeError(f"`adata` must be an anndata.AnnData, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"`adata` is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    counts = get_counts(adata, layer)
+    check_counts(counts, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
+    cat_keys = tuple(categorical_covariate_keys or ())
+    cont_keys = tuple(continuous_covariate_keys or ())
+    for key in (size_factor_key, *cont_keys):
+        if key is not None and key not in adata.obs:
+            raise ValueError(f"{key!r} is not a column of `adata.obs`.")
+    setup = AnnDataSetup(
+        layer=layer,
+        batch_key=batch_key,
+        labels_key=labels_key,
+        size_factor_key=size_factor_key,
+        categorical_covariate_keys=cat_keys,
+        continuous_covariate_keys=cont_keys,
+        var_names=tuple(str(v) for v in adata.var_names),
+        batch_categories=_categories(adata, batch_key, "batch_key"),
+        labels_categories=_categories(adata, labels_key, "labels_key"),
+        covariate_categories={
+            k: _categories(adata, k, "categorical_covariate_keys") for k in cat_keys
+        },
+    )
+    setup.continuous_covariates(adata)
+    setup.size_factors(adata)
+    adata.uns[SETUP_KEY] = setup.to_dict()
+    return setup

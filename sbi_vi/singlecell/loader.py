@@ -1,0 +1,186 @@
+"""Minibatches of cells as tensors, straight from dense, sparse or backed counts.
+
+:class:`CellData` reads an AnnData through its :class:`~sbi_vi.singlecell.fields.AnnDataSetup`
+once (codes, covariates, size factors: small per-cell vectors) and keeps the count matrix
+as it is: a dense array becomes one float32 tensor, a scipy sparse matrix stays sparse and
+each minibatch densifies only its rows, and a backed (on-disk) matrix is read row block by
+row block, so a data set larger than memory trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from sbi_vi.singlecell.fields import AnnDataSetup, get_counts
+
+__all__ = ["CellBatch", "CellData", "resolve_indices"]
+
+
+@dataclass(frozen=True)
+class CellBatch:
+    """The tensors of a minibatch of ``B`` cells.
+
+    Attributes:
+        x: Counts, ``[B, G]`` float32.
+        batch_index: Batch codes, ``[B]`` int64.
+        labels: Label codes, ``[B]`` int64.
+        cat_covs: Categorical covariate codes, ``[B, C]`` int64.
+        cont_covs: Continuous covariates, ``[B, K]`` float32.
+        size_factor: Size factors, ``[B]`` float32, or ``None``.
+        indices: Positions of the cells in the AnnData, ``[B]`` int64.
+    """
+
+    x: Tensor
+    batch_index: Tensor
+    labels: Tensor
+    cat_covs: Tensor
+    cont_covs: Tensor
+    size_factor: Tensor | None
+    indices: Tensor
+
+    def to(self, device: torch.device | str) -> CellBatch:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return CellBatch(
+            *(move(getattr(self, name)) for name in self.__dataclass_fields__)  # type: ignore[arg-type]
+        )
+
+
+def resolve_indices(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
+    """``indices`` as int64 positions in ``[0, n_obs)`` (booleans masks accepted).
+
+    Raises:
+        ValueError: Out-of-range positions, a mask of the wrong length, or no cells.
+    """
+    if indices is None:
+        return np.arange(n_obs, dtype=np.int64)
+    array = np.asarray(indices)
+    if array.dtype == np.bool_:
+        if array.shape != (n_obs,):
+            raise ValueError(
+                f"`indices` as a boolean mask must have length {n_obs}, got {array.shape}."
+            )
+        array = np.flatnonzero(array)
+    if array.size == 0:
+        raise ValueError("`indices` selects no cells.")
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"`indices` must be a 1-D sequence of integers, got {array.dtype}.")
+    if array.min() < -n_obs or array.max() >= n_obs:
+        raise ValueError(f"`indices` must lie in [0, {n_obs}), got {array.min()}..{array.max()}.")
+    return np.where(array < 0, array + n_obs, array).astype(np.int64)
+
+
+class CellData:
+    """Per-cell tensors of an AnnData under a set-up, and minibatches of its counts.
+
+    Args:
+        adata: The AnnData (in memory or backed).
+        setup: The set-up whose fields and codes to read (checked against ``adata``).
+    """
+
+    def __init__(self, adata: Any, setup: AnnDataSetup):
+        setup.transfer(adata)
+        self.setup = setup
+        self.n_obs = int(adata.n_obs)
+        self.n_vars = int(adata.n_vars)
+        counts = get_counts(adata, setup.layer)
+        self._backed = bool(getattr(adata, "isbacked", False)) and setup.layer is None
+        if self._backed:
+            self._counts: Any = counts
+        elif sp.issparse(counts):
+            self._counts = sp.csr_matrix(counts, dtype=np.float32)
+        else:
+            self._counts = torch.as_tensor(np.asarray(counts, dtype=np.float32))
+        self.batch_index = torch.as_tensor(setup.batch_codes(adata))
+        self.labels = torch.as_tensor(setup.labels_codes(adata))
+        self.cat_covs = torch.as_tensor(setup.covariate_codes(adata))
+        self.cont_covs = torch.as_tensor(setup.continuous_covariates(adata))
+        factors = setup.size_factors(adata)
+        self.size_factor = None if factors is None else torch.as_tensor(factors)
+
+    def counts(self, idx: np.ndarray) -> Tensor:
+        """Dense counts of the cells ``idx`` (in that order), ``[len(idx), G]`` float32."""
+        if isinstance(self._counts, Tensor):
+            return self._counts[torch.as_tensor(idx)]
+        if not self._backed:
+            return torch.from_numpy(self._counts[idx].toarray())
+        # h5py reads need increasing indices: read sorted unique rows, then reorder.
+        unique, inverse = np.unique(idx, return_inverse=True)
+        rows = self._counts[unique]
+        rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32)[inverse])
+
+    def library_log_stats(self, idx: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Per batch, mean and variance of log library size over the cells ``idx``.
+
+        Returns:
+            ``(means, variances)``, each ``[n_batch]`` (batches without cells get the
+            overall values).
+        """
+        log_lib = torch.cat([self.counts(chunk).sum(1) for chunk in _chunks(idx, 4096)]).log()
+        codes = self.batch_index[torch.as_tensor(idx)]
+        n_batch = self.setup.n_batch
+        overall_m = log_lib.mean()
+        overall_v = log_lib.var(unbiased=False) if log_lib.numel() > 1 else torch.tensor(1.0)
+        means = torch.full((n_batch,), float(overall_m))
+        variances = torch.full((n_batch,), float(overall_v))
+        for b in range(n_batch):
+            sel = log_lib[codes == b]
+            if sel.numel() > 0:
+                means[b] = sel.mean()
+            if sel.numel() > 1:
+                variances[b] = sel.var(unbiased=False)
+        return means, variances.clamp(min=1e-4)
+
+    def batch(self, idx: np.ndarray) -> CellBatch:
+        """The :class:`CellBatch` of the cells at positions ``idx``."""
+        t = torch.as_tensor(idx)
+        return CellBatch(
+            x=self.counts(idx),
+            batch_index=self.batch_index[t],
+            labels=self.labels[t],
+            cat_covs=self.cat_covs[t],
+            cont_covs=self.cont_covs[t],
+            size_factor=None if self.size_factor is None else self.size_factor[t],
+            indices=t,
+        )
+
+    def minibatches(
+        self,
+        idx: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_singletons: bool = False,
+    ) -> Iterator[CellBatch]:
+        """Iterate over ``idx`` in minibatches (one pass).
+
+        Args:
+            idx: Cell positions.
+            batch_size: Cells per minibatch.
+            shuffle: Visit the cells in a random order (drawn from ``generator``).
+            generator: Random generator of the order.
+            drop_singletons: Skip a last minibatch of one cell (batch norm cannot train
+                on it).
+        """
+        if shuffle:
+            perm = torch.randperm(len(idx), generator=generator).numpy()
+            idx = idx[perm]
+        for chunk in _chunks(idx, batch_size):
+            if drop_singletons and len(chunk) == 1 and len(idx) > 1:
+                continue
+            yield self.batch(chunk)
+
+
+def _chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(idx), size):
+        yield idx[start : start + size]

@@ -1,0 +1,369 @@
+r"""The scVI module: a plain ``nn.Module`` on tensors (no AnnData).
+
+Generative model of the counts of cell n (batch s_n):
+
+.. math::
+
+    z_n \sim \mathcal N(0, I), \quad \log \ell_n \sim \mathcal N(\mu_{s_n}, \sigma^2_{s_n})
+    \text{ (or observed)}, \quad \rho_n = \mathrm{softmax}(f(z_n, s_n)), \quad
+    x_{ng} \sim \mathrm{NB}/\mathrm{ZINB}/\mathrm{Poisson}(\ell_n \rho_{ng}, \theta_g, \ldots)
+
+The encoder is an engine family (:mod:`sbi_vi.vi.families`) over ``u = [z, log ℓ]`` (just
+``z`` with the observed library size), conditioned on the cell: its context is
+``log(1 + x)`` (plus covariates with ``encode_covariates``) and its embedding net the
+fully connected encoder body, so a diagonal Gaussian, a full Gaussian or any zuko flow serves
+as q(z | x). The loss is the engine's divergence on ``[particles, cells]`` log densities:
+``log p̃ = log p(x | z, ℓ) + w (log p(z) + log p(ℓ))`` and ``log q = w log q(z, ℓ | x)``,
+with ``w`` the KL warm-up weight (1: the ELBO for rKL, the IWAE bound for IW).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from sbi_vi._checks import check_choice, check_positive_int
+from sbi_vi.singlecell.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from sbi_vi.singlecell.loader import CellBatch
+from sbi_vi.singlecell.nn import FCLayers
+from sbi_vi.vi.divergences import Divergence, ImportanceWeighted
+from sbi_vi.vi.divergences.base import detached_log_prob
+from sbi_vi.vi.families import build_family, rsample_and_log_prob
+
+__all__ = ["VAE", "LossOutput"]
+
+GeneLikelihood = Literal["zinb", "nb", "poisson"]
+Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
+LatentDistribution = Literal["normal", "ln"]
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """One evaluation of the module's objective on a minibatch of ``B`` cells.
+
+    Attributes:
+        loss: Scalar surrogate (the divergence's; mean over cells) to backpropagate.
+        elbo: Per-cell ELBO at full KL weight, ``[B]`` (detached; higher is better).
+        reconstruction_loss: Per-cell ``−log p(x | z, ℓ)``, mean over particles, ``[B]``.
+        kl_local: Per-cell Monte-Carlo ``KL(q(z, ℓ | x) ‖ p(z, ℓ))``, ``[B]``.
+        log_w: Log importance weights ``log p(x, z, ℓ) − log q(z, ℓ | x)``, ``[P, B]``.
+    """
+
+    loss: Tensor
+    elbo: Tensor
+    reconstruction_loss: Tensor
+    kl_local: Tensor
+    log_w: Tensor
+
+
+class VAE(nn.Module):
+    """scVI's variational auto-encoder with an engine family as encoder.
+
+    Args:
+        n_input: Number of genes ``G``.
+        n_batch: Number of batches (injected into the decoder).
+        n_labels: Number of labels (for ``dispersion="gene-label"``).
+        n_hidden: Hidden width of encoder and decoder.
+        n_latent: Dimension of z.
+        n_layers: Hidden layers of encoder and decoder.
+        n_continuous_cov: Continuous covariates (decoder input).
+        n_cats_per_cov: Categories of each extra categorical covariate.
+        dropout_rate: Dropout of the encoder.
+        dispersion: ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
+        gene_likelihood: ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        latent_distribution: ``"normal"``, or ``"ln"`` (z = softmax of a Gaussian).
+        use_observed_lib_size: Use ``log Σ_g x_g`` (or the size factor) as ``log ℓ``;
+            otherwise ``log ℓ`` is latent with a per-batch log-normal prior.
+        library_log_means: Per-batch prior mean of ``log ℓ``, ``[n_batch]``.
+        library_log_vars: Per-batch prior variance of ``log ℓ``, ``[n_batch]``.
+        encode_covariates: Give the encoder the batch and covariates too.
+        deeply_inject_covariates: Covariates enter every hidden layer.
+        use_batch_norm: Where to use batch norm: ``"encoder"``, ``"decoder"``, ``"both"``,
+            ``"none"``.
+        use_layer_norm: Where to use layer norm (same choices).
+        log_variational: Encode ``log(1 + x)`` rather than ``x``.
+        q: The encoder's engine family: ``"gaussian_diag"`` (scVI's), ``"gaussian"`` or a
+            zuko flow name (``"maf"``, ``"nsf"``, ...).
+        q_kwargs: Options of a flow family (``num_transforms``, ``hidden_features``).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: Sequence[int] = (),
+        dropout_rate: float = 0.1,
+        dispersion: Dispersion = "gene",
+        gene_likelihood: GeneLikelihood = "zinb",
+        latent_distribution: LatentDistribution = "normal",
+        *,
+        use_observed_lib_size: bool = True,
+        library_log_means: Tensor | None = None,
+        library_log_vars: Tensor | None = None,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
+        log_variational: bool = True,
+        q: str = "gaussian_diag",
+        q_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.n_input = check_positive_int("n_input", n_input)
+        self.n_batch = check_positive_int("n_batch", n_batch)
+        self.n_labels = check_positive_int("n_labels", n_labels)
+        self.n_latent = check_positive_int("n_latent", n_latent)
+        n_hidden = check_positive_int("n_hidden", n_hidden)
+        n_layers = check_positive_int("n_layers", n_layers)
+        self.dispersion = check_choice(
+            "dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell")
+        )
+        self.gene_likelihood = check_choice(
+            "gene_likelihood", gene_likelihood, ("zinb", "nb", "poisson")
+        )
+        self.latent_distribution = check_choice(
+            "latent_distribution", latent_distribution, ("normal", "ln")
+        )
+        norms = ("encoder", "decoder", "both", "none")
+        check_choice("use_batch_norm", use_batch_norm, norms)
+        check_choice("use_layer_norm", use_layer_norm, norms)
+        if not 0.0 <= float(dropout_rate) < 1.0:
+            raise ValueError(f"`dropout_rate` must lie in [0, 1), got {dropout_rate}.")
+        self.use_observed_lib_size = bool(use_observed_lib_size)
+        self.encode_covariates = bool(encode_covariates)
+        self.log_variational = bool(log_variational)
+        self.n_cats_per_cov = tuple(int(n) for n in n_cats_per_cov)
+        self.n_continuous_cov = int(n_continuous_cov)
+        cats = (self.n_batch, *self.n_cats_per_cov)
+
+        if not self.use_observed_lib_size:
+            if library_log_means is None or library_log_vars is None:
+                raise ValueError(
+                    "A latent library size (`use_observed_lib_size=False`) needs "
+                    "`library_log_means` and `library_log_vars` (per batch)."
+                )
+            for name, value in (("means", library_log_means), ("vars", library_log_vars)):
+                if torch.as_tensor(value).shape != (self.n_batch,):
+                    raise ValueError(
+                        f"`library_log_{name}` must have shape [{self.n_batch}] (one per "
+                        f"batch), got {tuple(torch.as_tensor(value).shape)}."
+                    )
+            self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float())
+            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float())
+
+        # Encoder: the engine family over u = [z, log ℓ], its body as embedding net.
+        n_encoder_in = self.n_input + (
+            sum(cats) + self.n_continuous_cov if self.encode_covariates else 0
+        )
+        body = FCLayers(
+            n_encoder_in,
+            n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            use_batch_norm=use_batch_norm in ("encoder", "both"),
+            use_layer_norm=use_layer_norm in ("encoder", "both"),
+            inject_covariates=deeply_inject_covariates,
+        )
+        self.latent_size = self.n_latent + (0 if self.use_observed_lib_size else 1)
+        shift = torch.zeros(self.latent_size)
+        if not self.use_observed_lib_size:
+            shift[-1] = float(self.library_log_means.mean())
+        q_kwargs = dict(q_kwargs or {})
+        self.encoder = build_family(
+            q,
+            event_size=self.latent_size,
+            shift=shift,
+            context_size=n_hidden,
+            num_transforms=q_kwargs.pop("num_transforms", 3),
+            hidden_features=q_kwargs.pop("hidden_features", n_hidden),
+            direction=q_kwargs.pop("direction", "sample"),
+            embedding_net=body,
+            context_layers=0,
+        )
+        if q_kwargs:
+            raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
+
+        # Decoder: z (and covariates) -> normalised expression, dispersion, dropout.
+        self.decoder = FCLayers(
+            self.n_latent,
+            n_hidden,
+            n_cats=cats,
+            n_cont=self.n_continuous_cov,
+            n_layers=n_layers,
+            dropout_rate=0.0,
+            use_batch_norm=use_batch_norm in ("decoder", "both"),
+            use_layer_norm=use_layer_norm in ("decoder", "both"),
+            inject_covariates=deeply_inject_covariates,
+        )
+        self.px_scale_decoder = nn.Linear(n_hidden, self.n_input)
+        self.px_dropout_decoder = (
+            nn.Linear(n_hidden, self.n_input) if self.gene_likelihood == "zinb" else None
+        )
+        if self.dispersion == "gene-cell":
+            self.px_r_decoder = nn.Linear(n_hidden, self.n_input)
+        else:
+            columns = {"gene": 1, "gene-batch": self.n_batch, "gene-label": self.n_labels}
+            self.px_r = nn.Parameter(torch.randn(self.n_input, columns[self.dispersion]))
+
+    # -- inference ---------------------------------------------------------------------
+
+    def encoder_context(self, batch: CellBatch) -> Tensor:
+        """The encoder's context for the cells of ``batch``, ``[B, n_encoder_in]``."""
+        h = torch.log1p(batch.x) if self.log_variational else batch.x
+        if not self.encode_covariates:
+            return h
+        parts = [h, F.one_hot(batch.batch_index, self.n_batch).to(h.dtype)]
+        for i, n in enumerate(self.n_cats_per_cov):
+            parts.append(F.one_hot(batch.cat_covs[:, i], n).to(h.dtype))
+        if self.n_continuous_cov:
+            parts.append(batch.cont_covs)
+        return torch.cat(parts, -1)
+
+    def q(self, batch: CellBatch) -> Distribution:
+        """q(u | x) with batch shape ``[B]`` and event shape ``[latent_size]``."""
+        return self.encoder(self.encoder_context(batch))
+
+    def split(self, u: Tensor, batch: CellBatch) -> tuple[Tensor, Tensor]:
+        """``(z, log ℓ)`` of latent draws ``u`` ``[*S, B, latent_size]``.
+
+        ``z`` is ``[*S, B, n_latent]`` (softmax-ed for ``"ln"``); ``log ℓ`` is
+        ``[*S, B]`` (latent) or ``[B]`` (observed, broadcast).
+        """
+        z = u[..., : self.n_latent]
+        if self.latent_distribution == "ln":
+            z = torch.softmax(z, -1)
+        if self.use_observed_lib_size:
+            return z, self.observed_log_library(batch)
+        return z, u[..., self.n_latent]
+
+    def observed_log_library(self, batch: CellBatch) -> Tensor:
+        """``log Σ_g x_g``, or ``log`` of the declared size factor, ``[B]``."""
+        if batch.size_factor is not None:
+            return batch.size_factor.log()
+        return batch.x.sum(-1).clamp(min=1.0).log()
+
+    # -- generative --------------------------------------------------------------------
+
+    def generative(
+        self,
+        z: Tensor,
+        log_library: Tensor,
+        batch: CellBatch,
+        *,
+        transform_batch: Tensor | None = None,
+    ) -> Distribution:
+        """p(x | z, ℓ) with parameters ``[*S, B, G]`` for ``z`` ``[*S, B, n_latent]``.
+
+        Args:
+            z: Latent cell states.
+            log_library: ``log ℓ``, broadcastable to ``[*S, B]``.
+            batch: The cells (their batch codes and covariates).
+            transform_batch: Decode as if every cell were in this batch (codes ``[B]``).
+        """
+        lead = z.shape[:-1]
+        batch_index = batch.batch_index if transform_batch is None else transform_batch
+        codes = [batch_index, *batch.cat_covs.unbind(-1)] if self.n_cats_per_cov else [batch_index]
+        flat = z.reshape(-1, z.shape[-1])
+        reps = flat.shape[0] // batch_index.shape[0]
+        codes = [c.repeat(reps) for c in codes]
+        cont = batch.cont_covs.repeat(reps, 1) if self.n_continuous_cov else None
+        h = self.decoder(flat, codes, cont)
+        px_scale = torch.softmax(self.px_scale_decoder(h), -1).reshape(*lead, self.n_input)
+        mu = torch.exp(log_library).unsqueeze(-1) * px_scale
+        if self.gene_likelihood == "poisson":
+            return Poisson(mu, scale=px_scale)
+        if self.dispersion == "gene-cell":
+            theta = torch.exp(self.px_r_decoder(h)).reshape(*lead, self.n_input)
+        elif self.dispersion == "gene":
+            theta = torch.exp(self.px_r[:, 0])
+        else:
+            index = batch_index if self.dispersion == "gene-batch" else batch.labels
+            theta = torch.exp(self.px_r.T[index])  # [B, G]
+        if self.gene_likelihood == "nb":
+            return NegativeBinomial(mu, theta, scale=px_scale)
+        assert self.px_dropout_decoder is not None
+        logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
+        return ZeroInflatedNegativeBinomial(mu, theta, logits, scale=px_scale)
+
+    def log_prior(self, u: Tensor, batch: CellBatch) -> Tensor:
+        """log p(z) (+ log p(log ℓ | batch)) of draws ``u`` ``[*S, B, latent_size]``."""
+        z = u[..., : self.n_latent]
+        log_p = -0.5 * z.square().sum(-1) - self.n_latent * _HALF_LOG_2PI
+        if not self.use_observed_lib_size:
+            mean = self.library_log_means[batch.batch_index]
+            var = self.library_log_vars[batch.batch_index]
+            diff = u[..., self.n_latent] - mean
+            log_p = log_p - 0.5 * diff.square() / var - 0.5 * var.log() - _HALF_LOG_2PI
+        return log_p
+
+    # -- objective ---------------------------------------------------------------------
+
+    def log_densities(
+        self, batch: CellBatch, n_particles: int, *, path_derivative: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Distribution]:
+        """Draw ``n_particles`` latents per cell and evaluate every log density.
+
+        Returns:
+            ``(log_px, log_prior, log_q, log_q_grad, px)``: ``log p(x | z, ℓ)``,
+            ``log p(z, ℓ)`` and ``log q(z, ℓ | x)``, each ``[P, B]``; ``log q`` with the
+            encoder's parameters detached when ``path_derivative`` (else ``None``); and
+            the likelihood ``px``.
+        """
+        context = self.encoder_context(batch)
+        u, log_q = rsample_and_log_prob(self.encoder(context), (n_particles,))
+        log_q_grad = detached_log_prob(self.encoder, u, context) if path_derivative else None
+        z, log_library = self.split(u, batch)
+        px = self.generative(z, log_library, batch)
+        log_px = px.log_prob_sum(batch.x)
+        return log_px, self.log_prior(u, batch), log_q, log_q_grad, px
+
+    def loss(
+        self,
+        batch: CellBatch,
+        divergence: Divergence,
+        *,
+        kl_weight: float = 1.0,
+        n_particles: int = 1,
+    ) -> LossOutput:
+        """The divergence's surrogate loss on the cells of ``batch``.
+
+        Args:
+            batch: A minibatch of ``B`` cells.
+            divergence: An engine divergence with ``from_log_densities`` (rKL, IW, alpha).
+            kl_weight: Warm-up weight ``w`` of the prior and entropy terms.
+            n_particles: Latent draws per cell (times ``K`` for IW).
+        """
+        n = n_particles * (divergence.K if isinstance(divergence, ImportanceWeighted) else 1)
+        path = bool(getattr(divergence, "stick_the_landing", False)) or bool(
+            getattr(divergence, "dreg", False)
+        )
+        log_px, log_prior, log_q, log_q_grad, _ = self.log_densities(
+            batch, n, path_derivative=path
+        )
+        if kl_weight == 1.0:
+            out = divergence.from_log_densities(log_px + log_prior, log_q, log_q_grad=log_q_grad)
+        else:
+            w = float(kl_weight)
+            out = divergence.from_log_densities(
+                log_px + w * log_prior,
+                w * log_q,
+                log_q_grad=None if log_q_grad is None else w * log_q_grad,
+            )
+        with torch.no_grad():
+            kl = (log_q - log_prior).mean(0)
+            recon = -log_px.mean(0)
+            log_w = log_px + log_prior - log_q
+        return LossOutput(out.loss, -(recon + kl), recon, kl, log_w)

@@ -1,0 +1,221 @@
+"""scvi-tools' ``VAEMixin``: ELBO, marginal log-likelihood, reconstruction error, latent.
+
+Every quantity comes from the module's one set of log densities
+(:meth:`~sbi_vi.singlecell.module.VAE.log_densities`, ``[particles, cells]``): the ELBO and
+the reconstruction error average them over one draw per cell, the marginal log-likelihood is
+the engine's importance-sampling estimate (:func:`~sbi_vi.diagnostics.log_mean_weight`)
+with the encoder as proposal, and the per-cell PSIS k̂ is the engine's
+:func:`~sbi_vi.diagnostics.psis` of those same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbi_vi._checks import check_positive_int
+from sbi_vi.diagnostics import log_mean_weight, psis
+from sbi_vi.singlecell.base import BaseSingleCellModel
+from sbi_vi.singlecell.loader import CellBatch
+from sbi_vi.vi.families import DiagonalGaussian, Gaussian
+from sbi_vi.vi.validation import common_random_numbers
+
+__all__ = ["VAEMixin"]
+
+_PARTICLE_CHUNK_ELEMENTS = 2**23  # decoder outputs per pass: particles × cells × genes
+
+
+def _particle_chunks(n_samples: int, n_cells: int, n_genes: int) -> list[int]:
+    per_pass = max(1, _PARTICLE_CHUNK_ELEMENTS // max(1, n_cells * n_genes))
+    sizes = [per_pass] * (n_samples // per_pass)
+    if n_samples % per_pass:
+        sizes.append(n_samples % per_pass)
+    return sizes
+
+
+class VAEMixin(BaseSingleCellModel):
+    """ELBO, marginal LL, reconstruction error, latent representation, per-cell k̂."""
+
+    @torch.no_grad()
+    def _log_weights(self, cells: CellBatch, n_samples: int) -> Tensor:
+        """``log p(x, z, ℓ) − log q(z, ℓ | x)`` of ``n_samples`` draws, ``[S, B]``."""
+        self.module.eval()
+        parts = []
+        for size in _particle_chunks(n_samples, cells.x.shape[0], self.setup.n_vars):
+            log_px, log_prior, log_q, _, _ = self.module.log_densities(cells, size)
+            parts.append(log_px + log_prior - log_q)
+        return torch.cat(parts)
+
+    def _reduce(self, values: list[Tensor], return_mean: bool) -> Any:
+        out = torch.cat(values)
+        return float(out.mean()) if return_mean else out.cpu().numpy()
+
+    @torch.no_grad()
+    def get_elbo(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+        return_mean: bool = True,
+        **kwargs: Any,
+    ) -> float | np.ndarray:
+        """The evidence lower bound (higher is better): one draw of q per cell.
+
+        Returns:
+            The mean ELBO over the cells, or one value per cell (``return_mean=False``).
+        """
+        n_particles = check_positive_int("n_particles", kwargs.pop("n_particles", 1))
+        _no_kwargs(kwargs)
+        self.module.eval()
+        values = []
+        for cells in self._minibatches(adata, indices, batch_size, dataloader):
+            log_px, log_prior, log_q, _, _ = self.module.log_densities(cells, n_particles)
+            values.append((log_px + log_prior - log_q).mean(0))
+        return self._reduce(values, return_mean)
+
+    @torch.no_grad()
+    def get_reconstruction_error(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+        return_mean: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, float | np.ndarray]:
+        """The reconstruction loss ``−log p(x | z, ℓ)`` at one draw of q per cell.
+
+        As scvi-tools returns it: a positive loss (lower is better), although its reference
+        page's note reads "higher is better".
+
+        Returns:
+            ``{"reconstruction_loss": value}``: the mean over cells, or per cell.
+        """
+        _no_kwargs(kwargs)
+        self.module.eval()
+        values = []
+        for cells in self._minibatches(adata, indices, batch_size, dataloader):
+            log_px, _, _, _, _ = self.module.log_densities(cells, 1)
+            values.append(-log_px.mean(0))
+        return {"reconstruction_loss": self._reduce(values, return_mean)}
+
+    @torch.no_grad()
+    def get_marginal_ll(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        n_mc_samples: int = 1000,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        dataloader: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> float | Tensor:
+        """Importance-sampling estimate of ``log p(x)`` with the encoder as proposal.
+
+        ``log (1/S) Σ_s p(x, z_s, ℓ_s) / q(z_s, ℓ_s | x)`` per cell, ``S = n_mc_samples``
+        (a lower bound in expectation; higher is better).
+
+        Returns:
+            The mean over cells (``return_mean=True``), else a tensor ``[n_cells]``.
+        """
+        n_mc_samples = check_positive_int("n_mc_samples", n_mc_samples)
+        _no_kwargs(kwargs)
+        values = []
+        for cells in self._minibatches(adata, indices, batch_size, dataloader):
+            values.append(log_mean_weight(self._log_weights(cells, n_mc_samples)).cpu())
+        out = torch.cat(values)
+        return float(out.mean()) if return_mean else out
+
+    @torch.no_grad()
+    def get_psis_khat(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        n_mc_samples: int = 500,
+        batch_size: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+    ) -> np.ndarray:
+        """PSIS k̂ of the encoder for each cell: how well q(z, ℓ | x) serves that cell.
+
+        ``k̂ ≤ 0.7`` (or the sample-size threshold of
+        :func:`~sbi_vi.diagnostics.khat_threshold`) means the amortised posterior is a good
+        importance-sampling proposal for the cell's exact posterior; larger values flag
+        cells whose latent representation should not be trusted as a posterior summary.
+
+        Returns:
+            k̂ per cell, ``[n_cells]``.
+        """
+        n_mc_samples = check_positive_int("n_mc_samples", n_mc_samples)
+        if n_mc_samples < 2:
+            raise ValueError(f"`n_mc_samples` must be at least 2, got {n_mc_samples}.")
+        values = []
+        for cells in self._minibatches(adata, indices, batch_size, dataloader):
+            values.append(torch.as_tensor(psis(self._log_weights(cells, n_mc_samples)).khat))
+        return torch.cat([v.reshape(-1) for v in values]).cpu().numpy()
+
+    @torch.no_grad()
+    def get_latent_representation(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        mc_samples: int = 5000,
+        batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader: Iterable[Any] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The latent cell states z.
+
+        Args:
+            give_mean: The posterior mean of z (closed form for a Gaussian encoder with
+                ``latent_distribution="normal"``, else ``mc_samples`` draws); ``False``: one
+                draw per cell.
+            mc_samples: Draws for means without closed form.
+            return_dist: Return the mean and variance of q(z | x) (of the Gaussian before
+                the softmax for ``"ln"``).
+
+        Returns:
+            ``[n_cells, n_latent]``, or ``(means, variances)`` with ``return_dist``.
+        """
+        mc_samples = check_positive_int("mc_samples", mc_samples)
+        self.module.eval()
+        module = self.module
+        means, variances = [], []
+        closed = isinstance(module.encoder, Gaussian | DiagonalGaussian)
+        for cells in self._minibatches(adata, indices, batch_size, dataloader):
+            q = module.q(cells)
+            d = module.n_latent
+            if return_dist or (give_mean and closed and module.latent_distribution == "normal"):
+                if closed:
+                    enc = module.encoder
+                    base = q.base
+                    loc = enc.shift + enc.scale * base.loc
+                    var = (enc.scale.unsqueeze(-1) * base.scale_tril).square().sum(-1)
+                    mean, variance = loc[..., :d], var[..., :d]
+                else:
+                    with common_random_numbers(0):
+                        u = q.sample((min(mc_samples, 1000),))[..., :d]
+                    mean, variance = u.mean(0), u.var(0)
+                means.append(mean)
+                variances.append(variance)
+                continue
+            if give_mean:
+                z, _ = module.split(q.sample((mc_samples,)), cells)
+                means.append(z.mean(0))
+            else:
+                z, _ = module.split(q.sample(), cells)
+                means.append(z)
+        mean = torch.cat(means).cpu().numpy()
+        if return_dist:
+            return mean, torch.cat(variances).cpu().numpy()
+        return mean
+
+
+def _no_kwargs(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(f"Unexpected keyword arguments: {sorted(kwargs)}.")
