@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from sbi_vi.singlecell.differential import DEMixin
+from sbi_vi.singlecell.evaluation import EvaluationMixin
 from sbi_vi.singlecell.module import VAE
+from sbi_vi.singlecell.program import SampleMixin
 from sbi_vi.singlecell.vaemixin import VAEMixin
 from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
 
@@ -17,7 +19,7 @@ __all__ = ["SCVI"]
 _SUPPORTED = ("rKL", "IW", "alpha")
 
 
-class SCVI(DEMixin, VAEMixin):
+class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
     """single-cell Variational Inference (Lopez et al., 2018) on the sbi_vi engine.
 
     The scvi-tools API: ``SCVI.setup_anndata(adata, ...)``, ``SCVI(adata, ...)``,

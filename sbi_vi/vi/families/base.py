@@ -12,6 +12,7 @@ the support and ``log_prob`` carries the log-determinant.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 from torch import Size, Tensor, nn
@@ -92,12 +93,55 @@ class LinkedDistribution(Distribution):
         log_q = self.base.log_prob(u) - self._ladj(u, safe)
         return torch.where(inside, log_q, torch.full_like(log_q, float("-inf")))
 
+    def expand(self, batch_shape: Size | tuple, _instance: Any = None) -> LinkedDistribution:
+        """The same density with batch shape ``batch_shape`` (independent copies).
+
+        Bases without ``expand`` of their own (zuko flows) may still gain leading batch
+        dimensions: their draws then get those dims as extra sample dims.
+        """
+        batch_shape = Size(batch_shape)
+        try:
+            base = self.base.expand(batch_shape)
+        except NotImplementedError:
+            base = _LeadingExpand(self.base, batch_shape)
+        return LinkedDistribution(base, self.link)
+
     def _inner_point(self, theta: Tensor) -> Tensor:
         zero = torch.zeros(theta.shape[-1], dtype=theta.dtype, device=theta.device)
         return self.link(zero).detach().expand_as(theta)
 
     def __repr__(self) -> str:
         return f"LinkedDistribution(base={self.base!r}, link={self.link!r})"
+
+
+class _LeadingExpand(Distribution):
+    """``base`` with leading batch dimensions prepended (independent, identical copies)."""
+
+    has_rsample = True
+    arg_constraints: dict = {}  # noqa: RUF012
+
+    def __init__(self, base: Distribution, batch_shape: Size):
+        extra = len(batch_shape) - len(base.batch_shape)
+        if extra < 0 or batch_shape[extra:] != base.batch_shape:
+            raise NotImplementedError(
+                f"cannot expand batch shape {tuple(base.batch_shape)} to {tuple(batch_shape)}."
+            )
+        self.base = base
+        self._lead = batch_shape[:extra]
+        super().__init__(batch_shape, base.event_shape, validate_args=False)
+
+    def rsample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        return rsample_and_log_prob(self.base, Size(sample_shape) + self._lead)
+
+    def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        return self.base.rsample(Size(sample_shape) + self._lead)
+
+    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob(value)
 
 
 class Family(nn.Module, abc.ABC):
