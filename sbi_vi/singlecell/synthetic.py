@@ -119,8 +119,8 @@ def synthetic_counts(
         >>> adata = synthetic_counts(50, 20, n_de_genes=4, seed=1)
         >>> adata.shape, int(adata.var["de"].sum())
         ((50, 20), 4)
-        >>> adata.uns["synthetic"]["de_types"]
-        ['type_0', 'type_1']
+        >>> " vs ".join(adata.uns["synthetic"].get("de_types"))
+        'type_0 vs type_1'
     """
     n_cells = _int("n_cells", n_cells, 1)
     n_genes = _int("n_genes", n_genes, 1)

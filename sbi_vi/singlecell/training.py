@@ -105,7 +105,10 @@ class TrainingPlan:
             cls = choices[self.optimizer]
         else:
             cls = self.optimizer
-        return cls(params, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps)
+        kwargs = {"lr": self.lr, "weight_decay": self.weight_decay, "eps": self.eps}
+        if cls in (torch.optim.Adam, torch.optim.AdamW):
+            kwargs["fused"] = True  # one kernel per step on CPU and GPU
+        return cls(params, **kwargs)
 
 
 def kl_weight(plan: TrainingPlan, epoch: int, step: int) -> float:

@@ -231,7 +231,12 @@ def _all_finite_scalar(loss: Tensor) -> bool:
 
 
 def _grads_finite(params: list[Tensor]) -> bool:
-    """Whether every gradient of ``params`` is finite (one fused reduction where possible)."""
+    """Whether every gradient of ``params`` is finite (one fused reduction where possible).
+
+    The Euclidean norms are NaN or infinite when an entry is (or when the sum of squares
+    overflows, for gradients beyond ~1e19 in float32: also a step not to take). torch's
+    fused 2-norm on CPU is ~30x faster than its max-abs norm.
+    """
     grads = [p.grad for p in params]
     if not grads:
         return True
@@ -239,8 +244,8 @@ def _grads_finite(params: list[Tensor]) -> bool:
         g.device.type == "cpu" and g.numel() > 0 and not g.is_sparse and g.is_floating_point()
         for g in grads
     ):
-        # The max-abs norm propagates NaN and is infinite exactly when an entry is.
-        return all(math.isfinite(n.item()) for n in torch._foreach_norm(grads, math.inf))
+        norms = torch._foreach_norm(grads, 2.0)
+        return math.isfinite(torch.stack(norms).sum().item())
     return all(bool(torch.isfinite(g).all()) for g in grads)
 
 

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tutorials" / "03_ppl_svi.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_ppl_tutorial_runs_in_quick_mode(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "MPLBACKEND": "Agg",
-        "SBI_VI_TUTORIAL_QUICK": "1",
-        "SBI_VI_TUTORIAL_OUTPUT_DIR": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+def test_ppl_tutorial_runs_in_quick_mode(tmp_path: Path, run_tutorial) -> None:
+    proc = run_tutorial(SCRIPT, tmp_path)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["quick"] is True

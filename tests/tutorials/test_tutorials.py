@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 TUTORIALS_DIR = Path(__file__).resolve().parents[2] / "tutorials"
 # tutorials with a test file of their own (tests/tutorials/test_<topic>_tutorial.py)
-OWN_TESTS = {"03_ppl_svi"}
+OWN_TESTS = {"03_ppl_svi", "05_single_cell_vae"}
 TUTORIALS = sorted(t for t in TUTORIALS_DIR.glob("[0-9][0-9]_*.py") if t.stem not in OWN_TESTS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,35 +151,14 @@ EXPECTED: dict[str, dict] = {
 }
 
 
-def _run(script: Path, output_dir: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MPLBACKEND": "Agg",
-        "SBI_VI_TUTORIAL_QUICK": "1",
-        "SBI_VI_TUTORIAL_OUTPUT_DIR": str(output_dir),
-        # one thread per process: the test suite runs in parallel (pytest -n 2)
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    return subprocess.run(
-        [sys.executable, str(script), "--quick", "--output-dir", str(output_dir)],
-        cwd=output_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 def test_tutorials_are_found_and_listed() -> None:
     assert TUTORIALS, f"no tutorials found in {TUTORIALS_DIR}"
     assert {t.stem for t in TUTORIALS} == set(EXPECTED)
 
 
 @pytest.mark.parametrize("script", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_runs_in_quick_mode(script: Path, tmp_path: Path) -> None:
-    proc = _run(script, tmp_path)
+def test_tutorial_runs_in_quick_mode(script: Path, tmp_path: Path, run_tutorial) -> None:
+    proc = run_tutorial(script, tmp_path)
     assert proc.returncode == 0, (
         f"{script.name} exited with {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
         f"\n--- stderr ---\n{proc.stderr[-4000:]}"
