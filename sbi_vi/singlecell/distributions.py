@@ -114,9 +114,14 @@ class NegativeBinomial(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         return log_nb(value, self.mu, self.theta)
 
-    def log_prob_sum(self, value: Tensor) -> Tensor:
-        """``log_prob(value).sum(-1)``, with the gamma functions on non-zero counts only."""
-        return nb_log_likelihood(value, self.mu, self._theta, None)
+    def gamma_terms(self, value: Tensor) -> Tensor:
+        """The part of ``log_prob_sum`` that does not depend on μ (reusable across draws
+        of μ when θ does not depend on them)."""
+        return _gamma_terms(value, self._theta)
+
+    def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
+        """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
+        return nb_log_likelihood(value, self.mu, self._theta, None, gamma_terms=gamma_terms)
 
     def _gamma(self) -> Gamma:
         # NB as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu).
@@ -163,9 +168,11 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     def log_prob(self, value: Tensor) -> Tensor:
         return log_zinb(value, self.mu, self.theta, self.zi_logits)
 
-    def log_prob_sum(self, value: Tensor) -> Tensor:
-        """``log_prob(value).sum(-1)``, with the gamma functions on non-zero counts only."""
-        return nb_log_likelihood(value, self.mu, self._theta, self.zi_logits)
+    def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
+        """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
+        return nb_log_likelihood(
+            value, self.mu, self._theta, self.zi_logits, gamma_terms=gamma_terms
+        )
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         with torch.no_grad():
@@ -190,12 +197,17 @@ class Poisson(_TorchPoisson):
     def mu(self) -> Tensor:
         return self.rate
 
-    def log_prob_sum(self, value: Tensor) -> Tensor:
-        """``log_prob(value).sum(-1)``: ``x log μ − μ`` densely, ``lgamma(x + 1)`` on x > 0."""
-        rate = self.rate
+    def gamma_terms(self, value: Tensor) -> Tensor:
+        """``−Σ_g lgamma(x_g + 1)``: the part of ``log_prob_sum`` free of the rate."""
         with torch.no_grad():
-            log_fact = torch.lgamma(value + 1).sum(-1)
-        return (torch.xlogy(value, rate) - rate).sum(-1) - log_fact
+            return -torch.lgamma(value + 1).sum(-1)
+
+    def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
+        """``log_prob(value).sum(-1)``: ``Σ x log μ − μ − lgamma(x + 1)``."""
+        rate = self.rate
+        if gamma_terms is None:
+            gamma_terms = self.gamma_terms(value)
+        return (torch.xlogy(value, rate) - rate).sum(-1) + gamma_terms
 
 
 def _nonzero_terms(x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -229,13 +241,73 @@ def _nonzero_terms(x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return sums, mask
 
 
+_TABLE_COUNTS = 32
+"""Counts below this read their gamma terms from a per-gene table (see :func:`_gamma_terms`)."""
+
+
+class _TableRowSums(torch.autograd.Function):
+    """``table.flatten()[index].sum(-1)`` with a scatter-add backward (no sorting)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.reshape(-1)[index].sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        weights = grad.unsqueeze(-1).expand(index.shape)
+        out = torch.zeros(ctx.table_shape.numel(), dtype=grad.dtype, device=grad.device)
+        out.index_add_(0, index.reshape(-1), weights.reshape(-1))
+        return out.view(ctx.table_shape), None
+
+
+def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
+    r"""``Σ_g [lgamma(x + θ) − lgamma(θ) − lgamma(x + 1)]`` per row of the counts ``x``.
+
+    With one θ per gene (shape ``[G]``) the terms of the counts ``k < 32`` come from a table
+    ``T[g, k] = Σ_{j<k} log((θ_g + j) / (j + 1))`` (``[G, 32]``, built by autograd, so its
+    gradient is exact): one gather per entry instead of two gamma functions and their
+    digamma gradients; larger counts are corrected exactly. Other θ shapes go through
+    :func:`_nonzero_terms`. ``x`` must hold whole numbers.
+    """
+    if theta.dim() != 1:
+        return _nonzero_terms(x, theta)[0]
+    k = _TABLE_COUNTS
+    n_genes = theta.shape[0]
+    j = torch.arange(k - 1, dtype=theta.dtype, device=theta.device)
+    steps = torch.log(theta.unsqueeze(-1) + j) - torch.log1p(j)
+    table = F.pad(torch.cumsum(steps, -1), (1, 0))  # [G, k]; T[g, 0] = 0
+    offsets = torch.arange(0, n_genes * k, k, dtype=torch.int64, device=x.device)
+    index = x.clamp(max=k - 1).to(torch.int64) + offsets
+    sums = _TableRowSums.apply(table, index)
+    big = x >= k
+    if bool(big.any()):
+        idx = big.nonzero(as_tuple=True)
+        xs, ts = x[idx], theta[idx[-1]]
+        exact = torch.lgamma(xs + ts) - torch.lgamma(ts) - torch.lgamma(xs + 1)
+        flat_row = idx[0]
+        for dim, i in enumerate(idx[1:-1], start=1):
+            flat_row = flat_row * x.shape[dim] + i
+        correction = exact - table[idx[-1], k - 1]
+        sums = sums.reshape(-1).index_add(0, flat_row, correction).reshape(x.shape[:-1])
+    return sums
+
+
 def nb_log_likelihood(
-    x: Tensor, mu: Tensor, theta: Tensor, zi_logits: Tensor | None = None
+    x: Tensor,
+    mu: Tensor,
+    theta: Tensor,
+    zi_logits: Tensor | None = None,
+    *,
+    gamma_terms: Tensor | None = None,
 ) -> Tensor:
     """``Σ_g log NB(x_g; μ_g, θ_g)`` (or ZINB with ``zi_logits``) over the last dim.
 
-    The same values as ``log_nb(x, mu, theta).sum(-1)`` (``log_zinb``), computed with the
-    gamma functions on the non-zero counts only.
+    The same values as ``log_nb(x, mu, theta).sum(-1)`` (``log_zinb``), with the gamma
+    terms from :func:`_gamma_terms` — or ``gamma_terms`` when the caller has them already
+    (they depend on x and θ only, so many draws of μ share them).
 
     Example:
         >>> x, mu, theta = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 3.0]]), torch.ones(2)
@@ -244,11 +316,12 @@ def nb_log_likelihood(
     """
     log_theta_mu = torch.log(theta + mu + _EPS)
     log_nb_zero = theta * (torch.log(theta + _EPS) - log_theta_mu)  # log NB(0)
-    gamma_terms, nonzero = _nonzero_terms(x, theta)
+    if gamma_terms is None:
+        gamma_terms = _gamma_terms(x, theta)  # no particle dims when θ does not depend on z
     x_part = x * (torch.log(mu + _EPS) - log_theta_mu)
     if zi_logits is None:
         return (log_nb_zero + x_part).sum(-1) + gamma_terms
     softplus_pi = F.softplus(zi_logits)
     zero = torch.logaddexp(zi_logits, log_nb_zero)
-    per_gene = torch.where(nonzero, log_nb_zero + x_part, zero) - softplus_pi
+    per_gene = torch.where(x > 0, log_nb_zero + x_part, zero) - softplus_pi
     return per_gene.sum(-1) + gamma_terms

@@ -312,9 +312,23 @@ class VAE(nn.Module):
     # -- objective ---------------------------------------------------------------------
 
     def log_densities(
-        self, batch: CellBatch, n_particles: int, *, path_derivative: bool = False
+        self,
+        batch: CellBatch,
+        n_particles: int,
+        *,
+        path_derivative: bool = False,
+        q: Distribution | None = None,
+        gamma_terms: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Distribution]:
         """Draw ``n_particles`` latents per cell and evaluate every log density.
+
+        Args:
+            batch: The cells.
+            n_particles: Draws per cell.
+            path_derivative: Also return ``log q`` with detached encoder parameters.
+            q: The encoder's ``q(u | x)`` of these cells, if already computed.
+            gamma_terms: The likelihood's μ-free terms of these cells (see the
+                distributions' ``gamma_terms``), if already computed and shared by the draws.
 
         Returns:
             ``(log_px, log_prior, log_q, log_q_grad, px)``: ``log p(x | z, ℓ)``,
@@ -322,12 +336,12 @@ class VAE(nn.Module):
             encoder's parameters detached when ``path_derivative`` (else ``None``); and
             the likelihood ``px``.
         """
-        context = self.encoder_context(batch)
-        u, log_q = rsample_and_log_prob(self.encoder(context), (n_particles,))
+        context = self.encoder_context(batch) if q is None or path_derivative else None
+        u, log_q = rsample_and_log_prob(self.encoder(context) if q is None else q, (n_particles,))
         log_q_grad = detached_log_prob(self.encoder, u, context) if path_derivative else None
         z, log_library = self.split(u, batch)
         px = self.generative(z, log_library, batch)
-        log_px = px.log_prob_sum(batch.x)
+        log_px = px.log_prob_sum(batch.x, gamma_terms=gamma_terms)
         return log_px, self.log_prior(u, batch), log_q, log_q_grad, px
 
     def loss(
