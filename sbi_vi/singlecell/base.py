@@ -245,8 +245,11 @@ class BaseSingleCellModel:
         n_val = n_cells - n_train  # scvi-tools: the rest, unless validation_size is given
         if validation_size is not None:
             n_val = min(int(np.floor(float(validation_size) * n_cells)), n_val)
-        if n_train == 0:
-            raise ValueError(f"`train_size`={train_size} leaves no training cells.")
+        if n_train < 2:
+            raise ValueError(
+                f"`train_size`={train_size} leaves {n_train} training cell(s) of {n_cells}; "
+                "batch normalisation needs at least 2."
+            )
         self.train_indices = np.sort(order[:n_train])
         self.validation_indices = np.sort(order[n_train : n_train + n_val])
         data = _DeviceData(self._cell_data(None), device)

@@ -68,6 +68,8 @@ def test_plan_kwargs_and_argument_errors(tiny_adata):
         model.train(max_epochs=1, plan_kwargs={"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="train_size"):
         model.train(max_epochs=1, train_size=1.5)
+    with pytest.raises(ValueError, match="training cell"):
+        model.train(max_epochs=1, train_size=0.005)
     model.train(max_epochs=4, show_progress_bar=False, seed=0,
                 plan_kwargs={"reduce_lr_on_plateau": True, "lr_patience": 0, "lr_factor": 0.5,
                              "optimizer": "AdamW", "n_steps_kl_warmup": 2})  # fmt: skip
