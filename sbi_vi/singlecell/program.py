@@ -50,11 +50,11 @@ def _marginals(vae: VAE, cells: CellBatch):
     d = vae.n_latent
     loc = family.shift + family.scale * base.loc
     tril = family.scale.unsqueeze(-1) * base.scale_tril
-    q_z = MultivariateNormal(loc[..., :d], scale_tril=tril[..., :d, :d])
+    q_z = MultivariateNormal(loc[..., :d], scale_tril=tril[..., :d, :d], validate_args=False)
     q_l = None
     if not vae.use_observed_lib_size:
         # the last coordinate's marginal sd is the norm of its row of the Cholesky factor
-        q_l = Normal(loc[..., d], tril[..., d, :].norm(dim=-1))
+        q_l = Normal(loc[..., d], tril[..., d, :].norm(dim=-1), validate_args=False)
     return q_z, q_l
 
 
@@ -81,13 +81,13 @@ def scvi_program(vae: VAE) -> tuple[Callable[..., None], Callable[..., None]]:
         with plate(OBS_PLATE, x.shape[0], dim=-1) as idx:
             cells = _cells(x, batch_index, labels, cat_covs, cont_covs, size_factor, idx)
             zero = torch.zeros(len(idx), d, dtype=x.dtype, device=x.device)
-            u = sample("z", Independent(Normal(zero, 1.0), 1))
+            u = sample("z", Independent(Normal(zero, 1.0, validate_args=False), 1))
             if vae.use_observed_lib_size:
                 log_library: Tensor = vae.observed_log_library(cells)
             else:
                 mean = vae.library_log_means[cells.batch_index]
                 var = vae.library_log_vars[cells.batch_index]
-                log_library = sample("library", Normal(mean, var.sqrt()))
+                log_library = sample("library", Normal(mean, var.sqrt(), validate_args=False))
             z = torch.softmax(u, -1) if vae.latent_distribution == "ln" else u
             px = vae.generative(z, log_library, cells)
             sample("x", Independent(px, 1), obs=cells.x)
