@@ -62,11 +62,25 @@ def test_sparse_sum_equals_dense_sum_with_gradients(zero_inflated, per_gene_thet
         torch.testing.assert_close(a, b)
 
 
-def test_sparse_sum_with_leading_particle_dims():
+@pytest.mark.parametrize("zero_inflated", [False, True])
+def test_sum_with_leading_particle_dims_values_and_gradients(zero_inflated):
     x, mu, theta, logits = _params(3)
-    mu3 = mu.expand(4, 6, 40) * torch.linspace(0.5, 2, 4, dtype=torch.float64)[:, None, None]
-    dense = log_zinb(x, mu3, theta, logits).sum(-1)
-    torch.testing.assert_close(nb_log_likelihood(x, mu3, theta, logits), dense)
+    scale = torch.linspace(0.5, 2, 4, dtype=torch.float64)[:, None, None]
+    mu3 = (mu.expand(4, 6, 40) * scale).clone().requires_grad_(True)
+    theta = theta.clone().requires_grad_(True)
+    zi = (logits.expand(4, 6, 40) * scale).clone().requires_grad_(True) if zero_inflated else None
+    if zero_inflated:
+        dense = log_zinb(x, mu3, theta, zi).sum(-1)
+    else:
+        dense = log_nb(x, mu3, theta).sum(-1)
+    fast = nb_log_likelihood(x, mu3, theta, zi)
+    torch.testing.assert_close(fast, dense)
+    inputs = (mu3, theta) + ((zi,) if zero_inflated else ())
+    weights = torch.randn(4, 6, dtype=torch.float64)
+    g_fast = torch.autograd.grad((fast * weights).sum(), inputs)
+    g_dense = torch.autograd.grad((dense * weights).sum(), inputs)
+    for a, b in zip(g_fast, g_dense, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_sampling_moments():
