@@ -22,11 +22,12 @@ def _subsample_indices(size: int, subsample_size: int) -> Tensor:
     of a large plate is drawn in O(subsample_size log subsample_size), without a full
     permutation: iid draws, their distinct values, and a random subset of those of the
     right size (uniform over subsets by symmetry); otherwise it is the head of
-    ``torch.randperm(size)``.
+    ``torch.randperm(size)``, which is cheaper up to ~65k (a permutation of 10,000 costs
+    ~6 µs on CPU, the iid route ~50 µs).
     """
     if subsample_size >= size:
         return torch.arange(size)
-    if size < 4096 or size < 16 * subsample_size:
+    if size <= 65_536 or size < 16 * subsample_size:
         return torch.randperm(size)[:subsample_size]
     extra = 2 * subsample_size * subsample_size // size + 16
     while True:

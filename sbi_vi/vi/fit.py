@@ -169,7 +169,12 @@ def make_optimizer(
             f"`optimizer` must be a torch.optim.Optimizer class (e.g. torch.optim.Adam), got "
             f"{opt_cls!r}."
         )
-    opt = opt_cls(params, lr=learning_rate, **(optimizer_kwargs or {}))
+    kwargs = dict(optimizer_kwargs or {})
+    if opt_cls is torch.optim.Adam and "fused" not in kwargs and "foreach" not in kwargs:
+        # one fused kernel for all parameters (same update as the per-tensor loop)
+        if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+            kwargs["fused"] = True
+    opt = opt_cls(params, lr=learning_rate, **kwargs)
     if scheduler is not None:
         return opt, scheduler(opt, **(scheduler_kwargs or {}))
     if gamma is not None:
