@@ -210,35 +210,31 @@ class Poisson(_TorchPoisson):
         return (torch.xlogy(value, rate) - rate).sum(-1) + gamma_terms
 
 
-def _nonzero_terms(x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+def _flat_rows(idx: tuple[Tensor, ...], shape: torch.Size) -> Tensor:
+    """Row number (over all dims but the last) of ``nonzero(as_tuple=True)`` indices."""
+    rows = idx[0]
+    for dim, i in enumerate(idx[1:-1], start=1):
+        rows = rows * shape[dim] + i
+    return rows
+
+
+def _nonzero_terms(x: Tensor, theta: Tensor) -> Tensor:
     r"""``Σ_g [lgamma(x + θ) − lgamma(θ) − lgamma(x + 1)]`` per row, on the non-zero x only.
 
     The three terms cancel where ``x = 0``; single-cell counts are mostly zeros, so the
-    gamma functions (and their digamma gradients) run on the non-zero entries alone, and
-    a per-gene θ (shape ``[G]``) gets ``Σ_g n_g lgamma(θ_g)`` as one product.
-    Returns the per-row sums ``[*]`` and the mask of non-zero entries.
+    gamma functions (and their digamma gradients) run on the non-zero entries alone. For
+    a θ of any shape broadcastable with ``x`` (per-gene θ takes the table route of
+    :func:`_gamma_terms`).
     """
     lead = torch.broadcast_shapes(x.shape, theta.shape)
-    mask = x > 0
-    if mask.shape != lead:
-        mask = mask.expand(lead)
-    per_gene = theta.dim() == 1
-    idx = mask.nonzero(as_tuple=True)
+    idx = (x > 0).expand(lead).nonzero(as_tuple=True)
     xs = x.expand(lead)[idx]
-    ts = theta[idx[-1]] if per_gene else theta.expand(lead)[idx]
+    ts = theta.expand(lead)[idx]
     with torch.no_grad():
         const = torch.lgamma(xs + 1)
-    terms = torch.lgamma(xs + ts) - const
-    if not per_gene:
-        terms = terms - torch.lgamma(ts)
+    terms = torch.lgamma(xs + ts) - torch.lgamma(ts) - const
     rows = torch.zeros(lead[:-1].numel(), dtype=terms.dtype, device=terms.device)
-    flat_row = idx[0]
-    for dim, i in enumerate(idx[1:-1], start=1):
-        flat_row = flat_row * lead[dim] + i
-    sums = rows.index_add(0, flat_row, terms).reshape(lead[:-1])
-    if per_gene:
-        sums = sums - mask.to(theta.dtype) @ torch.lgamma(theta)
-    return sums, mask
+    return rows.index_add(0, _flat_rows(idx, lead), terms).reshape(lead[:-1])
 
 
 _TABLE_COUNTS = 32
@@ -273,7 +269,7 @@ def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
     :func:`_nonzero_terms`. ``x`` must hold whole numbers.
     """
     if theta.dim() != 1:
-        return _nonzero_terms(x, theta)[0]
+        return _nonzero_terms(x, theta)
     k = _TABLE_COUNTS
     n_genes = theta.shape[0]
     j = torch.arange(k - 1, dtype=theta.dtype, device=theta.device)
@@ -287,11 +283,9 @@ def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
         idx = big.nonzero(as_tuple=True)
         xs, ts = x[idx], theta[idx[-1]]
         exact = torch.lgamma(xs + ts) - torch.lgamma(ts) - torch.lgamma(xs + 1)
-        flat_row = idx[0]
-        for dim, i in enumerate(idx[1:-1], start=1):
-            flat_row = flat_row * x.shape[dim] + i
         correction = exact - table[idx[-1], k - 1]
-        sums = sums.reshape(-1).index_add(0, flat_row, correction).reshape(x.shape[:-1])
+        sums = sums.reshape(-1).index_add(0, _flat_rows(idx, x.shape), correction)
+        sums = sums.reshape(x.shape[:-1])
     return sums
 
 
