@@ -145,7 +145,8 @@ summary["expression"] = {
 # ## 4. Differential expression against the truth
 #
 # `mode="change"` gives `proba_de = P(|LFC| ≥ δ)` (δ = 0.25) and the call
-# `is_de_fdr_0.05`, which keeps the posterior expected false discovery rate at 5 %.
+# `is_de_fdr_0.05`: genes whose posterior expected false discovery rate and whose q-value
+# against an empirical null of `lfc_mean` both stay at 5 % (see the user guide).
 
 # %%
 type_a, type_b = adata.uns["synthetic"]["de_types"]

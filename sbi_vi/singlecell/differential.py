@@ -16,6 +16,7 @@ and rejected: it ignores the decoder's own estimation error, so on ground-truth 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -24,7 +25,13 @@ import pandas as pd
 import torch
 
 from sbi_vi._checks import check_positive_int
-from sbi_vi.singlecell.de import bayes_factors, estimate_pseudocounts, fdr_de_prediction
+from sbi_vi.singlecell.de import (
+    MIN_GENES_EMPIRICAL_NULL,
+    bayes_factors,
+    empirical_null_qvalues,
+    estimate_pseudocounts,
+    fdr_de_prediction,
+)
 from sbi_vi.singlecell.expression import RNAMixin
 from sbi_vi.singlecell.loader import CellData, resolve_indices
 
@@ -66,6 +73,25 @@ def _raw_properties(data: CellData, idx: np.ndarray) -> dict[str, np.ndarray]:
     n = len(idx)
     return {"raw_mean": total / n, "non_zeros_proportion": nonzero / n,
             "raw_normalized_mean": normalised / n}  # fmt: skip
+
+
+def _fdr_call(result: pd.DataFrame, fdr_target: float) -> np.ndarray:
+    """The posterior rule, and the empirical-null rule where an ``lfc_mean`` allows it
+    (see :mod:`sbi_vi.singlecell.de`); adds the ``lfc_null_qvalue`` column."""
+    called = fdr_de_prediction(result["proba_de"].to_numpy(), fdr_target)
+    q = None
+    if "lfc_mean" in result:
+        q = empirical_null_qvalues(result["lfc_mean"].to_numpy())
+    if q is None:
+        warnings.warn(
+            f"The empirical null of the FDR call needs the LFC of at least "
+            f"{MIN_GENES_EMPIRICAL_NULL} genes with spread; `is_de_fdr_{fdr_target}` uses the "
+            "posterior expected FDR alone, which tends to call too many genes.",
+            stacklevel=4,
+        )
+        return called
+    result["lfc_null_qvalue"] = q
+    return called & (q <= fdr_target)
 
 
 class DEMixin(RNAMixin):
@@ -164,9 +190,7 @@ class DEMixin(RNAMixin):
         result = pd.DataFrame(columns, index=pd.Index(self.setup.var_names))
         if mode == "change":
             result = result.sort_values("proba_de", ascending=False)
-            result[f"is_de_fdr_{fdr_target}"] = fdr_de_prediction(
-                result["proba_de"].to_numpy(), fdr_target
-            )
+            result[f"is_de_fdr_{fdr_target}"] = _fdr_call(result, fdr_target)
         else:
             result = result.sort_values("bayes_factor", ascending=False)
         return result
