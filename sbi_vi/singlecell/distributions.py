@@ -19,11 +19,15 @@ softplus(π)`` and ``−softplus(π) + log NB(x)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Size, Tensor
 from torch.distributions import Distribution, Gamma, constraints
 from torch.distributions import Poisson as _TorchPoisson
+
+from sbi_vi.singlecell.softmax_nb import softmax_nb_log_likelihood
 
 __all__ = [
     "NegativeBinomial",
@@ -35,6 +39,10 @@ __all__ = [
 ]
 
 _EPS = 1e-8
+
+
+def _given(value: object) -> str:
+    return "None" if value is None else "a tensor"
 
 
 def log_nb(x: Tensor, mu: Tensor, theta: Tensor) -> Tensor:
@@ -81,14 +89,22 @@ class NegativeBinomial(Distribution):
     """NB over counts with mean ``mu`` and inverse dispersion ``theta``.
 
     Args:
-        mu: Mean, shape ``[*, G]``, positive.
+        mu: Mean, shape ``[*, G]``, positive; ``None`` with ``logits`` and ``log_library``.
         theta: Inverse dispersion, broadcastable to ``mu``, positive.
         scale: Optional normalised expression (``px_scale``) kept for the caller.
+        logits: scVI's decoder logits ``a`` (``[*, G]``): the mean is then
+            ``μ = exp(log_library) softmax(a)`` and ``scale`` is ``softmax(a)``, both computed
+            on first use, and :meth:`log_prob_sum` (NB) never forms them
+            (:mod:`~sbi_vi.singlecell.softmax_nb`).
+        log_library: ``log ℓ``, broadcastable to ``logits.shape[:-1]`` (with ``logits``).
 
     Example:
         >>> d = NegativeBinomial(torch.full((2, 3), 4.0), torch.ones(3))
         >>> d.sample((5,)).shape, d.variance[0, 0].item()
         (torch.Size([5, 2, 3]), 20.0)
+        >>> a = torch.zeros(2, 3)
+        >>> NegativeBinomial(None, torch.ones(3), logits=a, log_library=torch.zeros(2)).mu[0]
+        tensor([0.3333, 0.3333, 0.3333])
     """
 
     arg_constraints = {  # noqa: RUF012
@@ -97,11 +113,41 @@ class NegativeBinomial(Distribution):
     }
     support = constraints.nonnegative_integer
 
-    def __init__(self, mu: Tensor, theta: Tensor, scale: Tensor | None = None):
+    def __init__(
+        self,
+        mu: Tensor | None,
+        theta: Tensor,
+        scale: Tensor | None = None,
+        *,
+        logits: Tensor | None = None,
+        log_library: Tensor | None = None,
+    ):
+        if (mu is None) == (logits is None) or (logits is None) != (log_library is None):
+            raise ValueError(
+                "NegativeBinomial: pass either `mu`, or `logits` and `log_library`; got "
+                f"mu={_given(mu)}, logits={_given(logits)}, log_library={_given(log_library)}"
+            )
         self._theta = theta  # unbroadcast (per-gene θ keeps its gradient reduction cheap)
-        self.mu, self.theta = torch.broadcast_tensors(mu, theta)
-        self.scale = scale
-        super().__init__(self.mu.shape, validate_args=False)
+        self._mu, self._scale = mu, scale
+        self._logits, self._log_library = logits, log_library
+        params = mu if logits is None else logits
+        super().__init__(torch.broadcast_shapes(params.shape, theta.shape), validate_args=False)
+
+    @property
+    def mu(self) -> Tensor:
+        if self._mu is None:
+            self._mu = torch.exp(self._log_library).unsqueeze(-1) * self.scale
+        return self._mu.expand(self.batch_shape)
+
+    @property
+    def scale(self) -> Tensor | None:
+        if self._scale is None and self._logits is not None:
+            self._scale = torch.softmax(self._logits, -1)
+        return self._scale
+
+    @property
+    def theta(self) -> Tensor:
+        return self._theta.expand(self.batch_shape)
 
     @property
     def mean(self) -> Tensor:
@@ -121,7 +167,14 @@ class NegativeBinomial(Distribution):
 
     def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
         """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
-        return nb_log_likelihood(value, self.mu, self._theta, None, gamma_terms=gamma_terms)
+        if self._logits is None:
+            return nb_log_likelihood(value, self.mu, self._theta, None, gamma_terms=gamma_terms)
+        if gamma_terms is None:
+            gamma_terms = self.gamma_terms(value)
+        return (
+            softmax_nb_log_likelihood(value, self._logits, self._log_library, self._theta)
+            + gamma_terms
+        )
 
     def _gamma(self) -> Gamma:
         # NB as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu).
@@ -148,9 +201,18 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         [0.5, 0.5, 0.5]
     """
 
-    def __init__(self, mu: Tensor, theta: Tensor, zi_logits: Tensor, scale: Tensor | None = None):
-        self.zi_logits = torch.broadcast_tensors(mu, zi_logits)[1]
-        super().__init__(mu, theta, scale)
+    def __init__(
+        self,
+        mu: Tensor | None,
+        theta: Tensor,
+        zi_logits: Tensor,
+        scale: Tensor | None = None,
+        *,
+        logits: Tensor | None = None,
+        log_library: Tensor | None = None,
+    ):
+        super().__init__(mu, theta, scale, logits=logits, log_library=log_library)
+        self.zi_logits = zi_logits.expand(self.batch_shape)
 
     @property
     def zi_probs(self) -> Tensor:
@@ -241,50 +303,62 @@ _TABLE_COUNTS = 32
 """Counts below this read their gamma terms from a per-gene table (see :func:`_gamma_terms`)."""
 
 
-class _TableRowSums(torch.autograd.Function):
-    """``table.flatten()[index].sum(-1)`` with a scatter-add backward (no sorting)."""
+class _PerGeneGammaRowSums(torch.autograd.Function):
+    r"""``Σ_g T[g, k_g]`` per row for ``T[g, k] = lgamma(θ_g + k) − lgamma(θ_g) − lgamma(k + 1)``.
+
+    ``T`` (``[G, K]``) is built as ``Σ_{j<k} log((θ_g + j) / (j + 1))`` and read with one
+    ``index_select`` of the flat offsets ``index`` (``[*, G]``, ``g K + k_g``). The gradient
+    is closed-form: ``∂T[g, k] / ∂θ_g = ψ(θ_g + k) − ψ(θ_g) = Σ_{j<k} 1 / (θ_g + j)``, read
+    from a second table with the same index and summed over rows by one matrix product.
+    """
 
     @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(index)
-        ctx.table_shape = table.shape
-        return table.reshape(-1)[index].sum(-1)
+    def _table(steps: Tensor) -> Tensor:
+        return F.pad(torch.cumsum(steps, -1), (1, 0))  # [G, K]; column 0 is 0
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        j = torch.arange(_TABLE_COUNTS - 1, dtype=theta.dtype, device=theta.device)
+        shifted = theta.unsqueeze(-1) + j  # θ_g + j
+        table = _PerGeneGammaRowSums._table(torch.log(shifted) - torch.log1p(j))
+        ctx.save_for_backward(shifted, index)
+        return table.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape).sum(-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        weights = grad.unsqueeze(-1).expand(index.shape)
-        out = torch.zeros(ctx.table_shape.numel(), dtype=grad.dtype, device=grad.device)
-        out.index_add_(0, index.reshape(-1), weights.reshape(-1))
-        return out.view(ctx.table_shape), None
+        shifted, index = ctx.saved_tensors
+        digamma_steps = _PerGeneGammaRowSums._table(shifted.reciprocal())
+        read = digamma_steps.reshape(-1).index_select(0, index.reshape(-1))
+        grad_theta = grad.reshape(1, -1) @ read.view(-1, index.shape[-1])
+        return grad_theta.view(-1), None
 
 
 def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
     r"""``Σ_g [lgamma(x + θ) − lgamma(θ) − lgamma(x + 1)]`` per row of the counts ``x``.
 
     With one θ per gene (shape ``[G]``) the terms of the counts ``k < 32`` come from a table
-    ``T[g, k] = Σ_{j<k} log((θ_g + j) / (j + 1))`` (``[G, 32]``, built by autograd, so its
-    gradient is exact): one gather per entry instead of two gamma functions and their
-    digamma gradients; larger counts are corrected exactly. Other θ shapes go through
-    :func:`_nonzero_terms`. ``x`` must hold whole numbers.
+    (:class:`_PerGeneGammaRowSums`): one gather per entry instead of two gamma functions
+    and their digamma gradients; larger counts are corrected exactly (autograd on those
+    entries only). Other θ shapes go through :func:`_nonzero_terms`. ``x`` must hold
+    whole numbers.
     """
     if theta.dim() != 1:
         return _nonzero_terms(x, theta)
     k = _TABLE_COUNTS
     n_genes = theta.shape[0]
-    j = torch.arange(k - 1, dtype=theta.dtype, device=theta.device)
-    steps = torch.log(theta.unsqueeze(-1) + j) - torch.log1p(j)
-    table = F.pad(torch.cumsum(steps, -1), (1, 0))  # [G, k]; T[g, 0] = 0
-    offsets = torch.arange(0, n_genes * k, k, dtype=torch.int64, device=x.device)
-    index = x.clamp(max=k - 1).to(torch.int64) + offsets
-    sums = _TableRowSums.apply(table, index)
-    big = x >= k
-    if bool(big.any()):
-        idx = big.nonzero(as_tuple=True)
-        xs, ts = x[idx], theta[idx[-1]]
-        exact = torch.lgamma(xs + ts) - torch.lgamma(ts) - torch.lgamma(xs + 1)
-        correction = exact - table[idx[-1], k - 1]
-        sums = sums.reshape(-1).index_add(0, _flat_rows(idx, x.shape), correction)
+    offsets = torch.arange(0, n_genes * k, k, dtype=x.dtype, device=x.device)
+    index = x.clamp(max=k - 1).add_(offsets).to(torch.int64)
+    sums = _PerGeneGammaRowSums.apply(theta, index)
+    genes = (x.reshape(-1, n_genes).amax(0) >= k).nonzero().squeeze(-1)  # the few deep genes
+    if genes.numel():
+        deep = x.index_select(-1, genes)
+        idx = (deep >= k).nonzero(as_tuple=True)
+        xs, ts = deep[idx], theta[genes[idx[-1]]]
+        # exact − T[g, k − 1], with T[g, k − 1] = lgamma(θ + k − 1) − lgamma(θ) − lgamma(k)
+        correction = (
+            torch.lgamma(xs + ts) - torch.lgamma(xs + 1) - torch.lgamma(ts + (k - 1))
+        ) + math.lgamma(k)
+        sums = sums.reshape(-1).index_add(0, _flat_rows(idx, deep.shape), correction)
         sums = sums.reshape(x.shape[:-1])
     return sums
 

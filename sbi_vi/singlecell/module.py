@@ -281,10 +281,10 @@ class VAE(nn.Module):
         codes = [c.repeat(reps) for c in codes]
         cont = batch.cont_covs.repeat(reps, 1) if self.n_continuous_cov else None
         h = self.decoder(flat, codes, cont)
-        px_scale = torch.softmax(self.px_scale_decoder(h), -1).reshape(*lead, self.n_input)
-        mu = torch.exp(log_library).unsqueeze(-1) * px_scale
+        logits = self.px_scale_decoder(h).reshape(*lead, self.n_input)
         if self.gene_likelihood == "poisson":
-            return Poisson(mu, scale=px_scale)
+            px_scale = torch.softmax(logits, -1)
+            return Poisson(torch.exp(log_library).unsqueeze(-1) * px_scale, scale=px_scale)
         if self.dispersion == "gene-cell":
             theta = torch.exp(self.px_r_decoder(h)).reshape(*lead, self.n_input)
         elif self.dispersion == "gene":
@@ -292,11 +292,14 @@ class VAE(nn.Module):
         else:
             index = batch_index if self.dispersion == "gene-batch" else batch.labels
             theta = torch.exp(self.px_r.T[index])  # [B, G]
+        log_library = log_library.expand(lead)
         if self.gene_likelihood == "nb":
-            return NegativeBinomial(mu, theta, scale=px_scale)
+            return NegativeBinomial(None, theta, logits=logits, log_library=log_library)
         assert self.px_dropout_decoder is not None
-        logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
-        return ZeroInflatedNegativeBinomial(mu, theta, logits, scale=px_scale)
+        zi_logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
+        return ZeroInflatedNegativeBinomial(
+            None, theta, zi_logits, logits=logits, log_library=log_library
+        )
 
     def log_prior(self, u: Tensor, batch: CellBatch) -> Tensor:
         """log p(z) (+ log p(log ℓ | batch)) of draws ``u`` ``[*S, B, latent_size]``."""

@@ -55,7 +55,7 @@ class VAEMixin(BaseSingleCellModel):
             )
             parts.append(log_px + log_prior - log_q)
             theta = getattr(px, "_theta", None)
-            if gamma is None and (theta is None or theta.dim() < px.mu.dim()):
+            if gamma is None and (theta is None or theta.dim() < len(px.batch_shape)):
                 gamma = px.gamma_terms(cells.x)  # free of z: shared by every later chunk
         return torch.cat(parts)
 

@@ -101,3 +101,17 @@ def test_poisson_sum_and_names():
     d = Poisson(mu, scale=mu / mu.sum(-1, keepdim=True))
     torch.testing.assert_close(d.log_prob_sum(x), d.log_prob(x).sum(-1))
     assert d.mu is d.rate and d.scale is not None
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_gamma_terms_table_across_its_edge_values_and_gradcheck(lead):
+    from sbi_vi.singlecell.distributions import _TABLE_COUNTS, _gamma_terms
+
+    g = torch.Generator().manual_seed(4)
+    k = _TABLE_COUNTS
+    x = torch.randint(0, 3 * k, (*lead, 5, 7), generator=g).to(torch.float64)
+    x[..., 0, :3] = torch.tensor([k - 1, k, k + 1], dtype=torch.float64)  # both sides of it
+    theta = (torch.rand(7, generator=g, dtype=torch.float64) * 4 + 0.05).requires_grad_()
+    expected = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)).sum(-1)
+    torch.testing.assert_close(_gamma_terms(x, theta), expected)
+    assert torch.autograd.gradcheck(lambda t: _gamma_terms(x, t), (theta,))
