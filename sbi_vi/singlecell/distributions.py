@@ -349,6 +349,8 @@ def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
     offsets = torch.arange(0, n_genes * k, k, dtype=x.dtype, device=x.device)
     index = x.clamp(max=k - 1).add_(offsets).to(torch.int64)
     sums = _PerGeneGammaRowSums.apply(theta, index)
+    if x.numel() == 0:
+        return sums
     genes = (x.reshape(-1, n_genes).amax(0) >= k).nonzero().squeeze(-1)  # the few deep genes
     if genes.numel():
         deep = x.index_select(-1, genes)
