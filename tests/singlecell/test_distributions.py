@@ -115,3 +115,37 @@ def test_gamma_terms_table_across_its_edge_values_and_gradcheck(lead):
     expected = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)).sum(-1)
     torch.testing.assert_close(_gamma_terms(x, theta), expected)
     assert torch.autograd.gradcheck(lambda t: _gamma_terms(x, t), (theta,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gamma_sample_matches_scipy_and_is_reproducible(dtype):
+    from sbi_vi.singlecell.distributions import gamma_sample
+
+    concentration = torch.tensor([0.2, 1.0, 7.5], dtype=dtype)
+    rate = torch.tensor([[2.0], [0.5]], dtype=dtype)  # broadcasts to [2, 3]
+    torch.manual_seed(3)
+    draws = gamma_sample(concentration, rate, (20_000,))
+    assert draws.shape == (20_000, 2, 3) and draws.dtype == dtype
+    for i in range(2):
+        for j in range(3):
+            a, r = float(concentration[j]), float(rate[i, 0])
+            p = stats.kstest(draws[:, i, j].numpy(), stats.gamma(a, scale=1 / r).cdf).pvalue
+            assert p > 1e-3, (a, r, p)
+    torch.manual_seed(3)
+    torch.testing.assert_close(gamma_sample(concentration, rate, (20_000,)), draws)
+    assert not torch.equal(gamma_sample(concentration, rate, (20_000,)), draws)
+
+
+def test_nb_sample_matches_the_scipy_pmf():
+    torch.manual_seed(5)
+    mu, theta = torch.tensor([0.05, 1.0, 12.0]), torch.tensor([0.3, 2.0, 0.8])
+    draws = NegativeBinomial(mu, theta).sample((100_000,)).numpy()
+    for j in range(3):
+        m, t = float(mu[j]), float(theta[j])
+        ks = np.arange(0, 40)
+        pmf = stats.nbinom.pmf(ks, t, t / (t + m))
+        expected = np.append(pmf, 1 - pmf.sum()) * draws.shape[0]
+        observed = np.append([(draws[:, j] == k).sum() for k in ks], (draws[:, j] >= 40).sum())
+        keep = expected > 5
+        chi2 = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+        assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3, (m, t, chi2)
