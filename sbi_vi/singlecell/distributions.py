@@ -122,7 +122,7 @@ class NegativeBinomial(Distribution):
         scale: Optional normalised expression (``px_scale``) kept for the caller.
         logits: scVI's decoder logits ``a`` (``[*, G]``): the mean is then
             ``μ = exp(log_library) softmax(a)`` and ``scale`` is ``softmax(a)``, both computed
-            on first use, and :meth:`log_prob_sum` (NB) never forms them
+            on first use, and :meth:`log_prob_sum` never forms them
             (:mod:`~sbi_vi.singlecell.softmax_nb`).
         log_library: ``log ℓ``, broadcastable to ``logits.shape[:-1]`` (with ``logits``).
 
@@ -257,9 +257,16 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 
     def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
         """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
-        return nb_log_likelihood(
-            value, self.mu, self._theta, self.zi_logits, gamma_terms=gamma_terms
+        if self._logits is None:
+            return nb_log_likelihood(
+                value, self.mu, self._theta, self.zi_logits, gamma_terms=gamma_terms
+            )
+        if gamma_terms is None:
+            gamma_terms = self.gamma_terms(value)
+        log_px = softmax_nb_log_likelihood(
+            value, self._logits, self._log_library, self._theta, self.zi_logits
         )
+        return log_px + gamma_terms
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         with torch.no_grad():

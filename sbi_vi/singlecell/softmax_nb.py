@@ -21,12 +21,16 @@ backward pass is closed-form:
 
 with ``s = softmax(a)`` and ``r_g = μ_g (θ_g + x_g) / (θ_g + μ_g)``. Against the same sum
 through torch's softmax and autograd this is about 2× cheaper in the forward pass and
-saves two ``[*, G]`` tensors instead of about eight for the backward one.
+saves two ``[*, G]`` tensors instead of about eight for the backward one. The ZINB
+likelihood (``zi_logits``) is the same node with the zero-inflation mixture added: a
+training step of the default ZINB model (128 cells × 2,000 genes) is about 20 % cheaper
+than through torch's autograd.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["softmax_nb_log_likelihood"]
@@ -34,21 +38,39 @@ __all__ = ["softmax_nb_log_likelihood"]
 _EPS = 1e-8  # as in distributions: log(θ + μ + ε) and log(θ + ε)
 
 
+def _mean_terms(x: Tensor, logits: Tensor, log_library: Tensor, theta_eps: Tensor):
+    """``μ = ℓ softmax(a)``, ``log(θ + μ)``, ``Σ_g x_g log μ_g``: one exp, one log per entry."""
+    top = logits.amax(-1, keepdim=True)
+    mu = torch.sub(logits, top).exp_()  # the softmax numerator, then μ in place
+    total = mu.sum(-1, keepdim=True)
+    mu.mul_(torch.exp(log_library) / total)
+    log_theta_mu = torch.add(mu, theta_eps).log_()
+    x_log_mu = torch.linalg.vecdot(logits, x.expand_as(logits))  # Σ_g x_g a_g
+    x_log_mu += x.sum(-1) * (log_library - top - total.log()).squeeze(-1)
+    return mu, log_theta_mu, x_log_mu
+
+
+def _mean_grads(x, mu, log_library, weight_over_theta_mu, grad, need_logits, need_lib):
+    """Gradients of ``Σ_g x_g log μ_g − Σ_g c_g log(θ_g + μ_g)`` in the logits and ``log ℓ``
+    from ``c / (θ + μ)`` (overwritten with ``r = c μ / (θ + μ)``)."""
+    r = weight_over_theta_mu.mul_(mu)
+    excess = r.sum(-1, keepdim=True) - x.sum(-1, keepdim=True)  # Σ r − n
+    grad_logits = grad_lib = None
+    if need_logits:
+        s = mu.mul(torch.exp(-log_library))
+        grad_logits = (s.mul_(excess).add_(x).sub_(r)).mul_(grad)
+    if need_lib:
+        grad_lib = (excess * grad).squeeze(-1).neg_()
+    return grad_logits, grad_lib
+
+
 class _SoftmaxNB(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, logits: Tensor, log_library: Tensor, theta: Tensor) -> Tensor:  # type: ignore[override]
-        lead = logits.shape[:-1]
         theta_eps = theta + _EPS
-        top = logits.amax(-1, keepdim=True)
-        mu = torch.sub(logits, top).exp_()  # the softmax numerator, then μ in place
-        total = mu.sum(-1, keepdim=True)
-        log_library = log_library.expand(lead).unsqueeze(-1)
-        mu.mul_(torch.exp(log_library) / total)
-        log_theta_mu = torch.add(mu, theta_eps).log_()
-        n = x.sum(-1)
-        out = torch.linalg.vecdot(logits, x.expand_as(logits))  # Σ_g x_g a_g
+        log_library = log_library.expand(logits.shape[:-1]).unsqueeze(-1)
+        mu, log_theta_mu, out = _mean_terms(x, logits, log_library, theta_eps)
         out -= torch.linalg.vecdot(log_theta_mu, (theta + x).expand_as(logits))
-        out += n * (log_library - top - total.log()).squeeze(-1)
         out += (theta * theta_eps.log()).sum(-1)  # Σ_g θ_g log θ_g, at θ's own shape
         ctx.save_for_backward(x, mu, log_theta_mu, log_library, theta)
         return out
@@ -58,35 +80,83 @@ class _SoftmaxNB(torch.autograd.Function):
         x, mu, log_theta_mu, log_library, theta = ctx.saved_tensors
         need_logits, need_lib, need_theta = ctx.needs_input_grad[1:4]
         grad = grad.unsqueeze(-1)
-        theta_x = theta + x
-        ratio = torch.add(mu, theta + _EPS)
-        torch.div(theta_x.expand_as(ratio), ratio, out=ratio)  # (θ + x) / (θ + μ)
+        theta_eps = theta + _EPS
+        ratio = torch.add(mu, theta_eps)
+        torch.div((theta + x).expand_as(ratio), ratio, out=ratio)  # (θ + x) / (θ + μ)
         grad_theta = None
         if need_theta:
-            theta_eps = theta + _EPS
             per_entry = theta.div(theta_eps) + theta_eps.log() - log_theta_mu - ratio
             grad_theta = (grad * per_entry).sum_to_size(theta.shape)
-        r = ratio.mul_(mu)
-        excess = r.sum(-1, keepdim=True) - x.sum(-1, keepdim=True)  # Σ r − n
-        grad_logits = grad_lib = None
-        if need_logits:
-            s = mu.mul(torch.exp(-log_library))
-            grad_logits = (s.mul_(excess).add_(x).sub_(r)).mul_(grad)
-        if need_lib:
-            grad_lib = (excess * grad).squeeze(-1).neg_()
+        grad_logits, grad_lib = _mean_grads(x, mu, log_library, ratio, grad, need_logits, need_lib)
         return None, grad_logits, grad_lib, grad_theta
 
 
+class _SoftmaxZINB(torch.autograd.Function):
+    r"""ZINB: per gene ``−softplus(π) + [x > 0](θ log θ − (θ + x) log(θ + μ)) +
+    [x = 0] logaddexp(π, θ log θ − θ log(θ + μ))``, plus ``Σ_g x_g log μ_g``.
+
+    With ``w₀ = σ(log NB(0) − π)`` the NB share of a zero and ``m = [x > 0] + [x = 0] w₀``,
+    ``c = θ m + x`` takes the place of NB's ``θ + x`` in the mean's gradient, ``∂/∂θ =
+    m (log θ + 1 − log(θ + μ)) − c / (θ + μ)`` and ``∂/∂π = [x = 0](1 − w₀) − σ(π)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, logits, log_library, theta, zi_logits):  # type: ignore[override]
+        theta_eps = theta + _EPS
+        log_library = log_library.expand(logits.shape[:-1]).unsqueeze(-1)
+        mu, log_theta_mu, out = _mean_terms(x, logits, log_library, theta_eps)
+        log_nb_zero = torch.sub(theta_eps.log(), log_theta_mu).mul_(theta)
+        log_zero = torch.logaddexp(zi_logits, log_nb_zero)  # log ZINB(0) + softplus(π)
+        nb_share = torch.sub(log_nb_zero, log_zero).exp_()  # w₀
+        # [x > 0] as 0/1 floats (x holds whole counts); blends by arithmetic, since torch's
+        # CPU `where` / `masked_fill` cost about 7x an `addcmul` here
+        positive = x.clamp(max=1.0)
+        nonzero_body = log_nb_zero.addcmul_(x, log_theta_mu, value=-1).sub_(log_zero)
+        body = log_zero.addcmul_(positive, nonzero_body).sub_(F.softplus(zi_logits))
+        out += body.sum(-1)
+        saved = (x, mu, log_theta_mu, log_library, theta, zi_logits, nb_share, positive)
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, mu, log_theta_mu, log_library, theta, zi_logits, nb_share, positive = ctx.saved_tensors
+        need_logits, need_lib, need_theta, need_zi = ctx.needs_input_grad[1:5]
+        grad = grad.unsqueeze(-1)
+        zero = 1.0 - positive
+        theta_eps = theta + _EPS
+        m = torch.addcmul(positive, zero, nb_share)  # 1 where x > 0, else w₀
+        weight = torch.addcmul(x, theta, m)  # c = θ m + x
+        ratio = torch.add(mu, theta_eps)
+        torch.div(weight, ratio, out=ratio)  # c / (θ + μ)
+        grad_theta = grad_zi = None
+        if need_theta:
+            per_entry = (theta.div(theta_eps) + theta_eps.log() - log_theta_mu).mul_(m) - ratio
+            grad_theta = (grad * per_entry).sum_to_size(theta.shape)
+        if need_zi:
+            zero_part = torch.addcmul(zero, zero, nb_share, value=-1)  # [x = 0](1 − w₀)
+            grad_zi = zero_part.sub_(torch.sigmoid(zi_logits)).mul_(grad)
+            grad_zi = grad_zi.sum_to_size(zi_logits.shape)
+        grad_logits, grad_lib = _mean_grads(x, mu, log_library, ratio, grad, need_logits, need_lib)
+        return None, grad_logits, grad_lib, grad_theta, grad_zi
+
+
 def softmax_nb_log_likelihood(
-    x: Tensor, logits: Tensor, log_library: Tensor, theta: Tensor
+    x: Tensor,
+    logits: Tensor,
+    log_library: Tensor,
+    theta: Tensor,
+    zi_logits: Tensor | None = None,
 ) -> Tensor:
-    """``Σ_g log NB(x_g; ℓ softmax(logits)_g, θ_g)`` without the gamma terms.
+    """``Σ_g log NB(x_g; ℓ softmax(logits)_g, θ_g)`` (ZINB with ``zi_logits``) without the
+    gamma terms.
 
     Args:
         x: Counts ``[B, G]`` (or broadcastable to ``logits``); no gradient.
         logits: Decoder logits ``[*S, B, G]``.
         log_library: ``log ℓ``, broadcastable to ``[*S, B]``.
         theta: Inverse dispersion, broadcastable to ``logits`` (``[G]``, ``[B, G]``, ...).
+        zi_logits: Zero-inflation logits ``π``, the shape of ``logits`` (ZINB), or ``None``.
 
     Returns:
         ``[*S, B]``; add ``_gamma_terms(x, θ)`` for the log-likelihood.
@@ -101,4 +171,6 @@ def softmax_nb_log_likelihood(
         True
     """
     lead = logits.shape[:-1]
-    return _SoftmaxNB.apply(x, logits, log_library.expand(lead), theta)
+    if zi_logits is None:
+        return _SoftmaxNB.apply(x, logits, log_library.expand(lead), theta)
+    return _SoftmaxZINB.apply(x, logits, log_library.expand(lead), theta, zi_logits)

@@ -47,6 +47,37 @@ def test_closed_form_gradients_pass_gradcheck(theta_shape, library_shape):
     )
 
 
+@pytest.mark.parametrize("theta_shape", [(9,), (3, 9), (2, 3, 9)])
+def test_zinb_values_match_the_scipy_mixture(theta_shape):
+    x, logits, log_library, theta = _inputs(theta_shape, seed=5)
+    x[:, ::2] = 0.0  # zeros on both branches of the mixture
+    zi = torch.randn(2, 3, 9, dtype=torch.float64)
+    mu = log_library.exp().unsqueeze(-1) * logits.softmax(-1)
+    theta_full, xs = theta.expand(mu.shape).numpy(), x.expand(mu.shape).numpy()
+    pi = torch.sigmoid(zi).numpy()
+    nb = stats.nbinom.pmf(xs, theta_full, theta_full / (theta_full + mu.numpy()))
+    expected = np.log(np.where(xs == 0, pi + (1 - pi) * nb, (1 - pi) * nb)).sum(-1)
+    value = softmax_nb_log_likelihood(x, logits, log_library, theta, zi)
+    value = value + _gamma_terms(x, theta).sum(-1)
+    np.testing.assert_allclose(value.numpy(), expected, rtol=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("theta_shape", [(9,), (3, 9), (2, 3, 9)])
+def test_zinb_closed_form_gradients_pass_gradcheck(theta_shape):
+    x, logits, log_library, theta = _inputs(theta_shape, seed=6)
+    x[:, 1::3] = 0.0
+    zi = torch.randn(2, 3, 9, dtype=torch.float64)
+    args = (
+        logits.requires_grad_(),
+        log_library.requires_grad_(),
+        theta.requires_grad_(),
+        zi.requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(
+        lambda a, lib, t, z: softmax_nb_log_likelihood(x, a, lib, t, z), args
+    )
+
+
 def test_gradient_of_a_subset_of_inputs_equals_the_full_gradient():
     x, logits, log_library, theta = _inputs((9,), seed=2)
     logits.requires_grad_()
