@@ -8,8 +8,8 @@ scVI's mean is ``μ_g = ℓ softmax(a)_g`` with decoder logits ``a``. Summed ove
         - \sum_g (θ_g + x_g) \log(θ_g + μ_g)
         + n (\log ℓ - \mathrm{lse}(a)) + \sum_g x_g a_g + Γ(x, θ)
 
-with ``n = Σ_g x_g`` and ``Γ`` the gamma terms (:func:`~sbi_vi.singlecell.distributions.
-_gamma_terms`, added by the caller): ``Σ_g x_g log μ_g`` needs no logarithm per entry. The
+with ``n = Σ_g x_g`` and ``Γ`` the gamma terms (``distributions._gamma_terms``, added by
+the caller): ``Σ_g x_g log μ_g`` needs no logarithm per entry. The
 forward pass is one exponential and one logarithm per entry, in place on two buffers; the
 backward pass is closed-form:
 
