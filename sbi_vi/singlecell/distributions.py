@@ -140,6 +140,7 @@ class NegativeBinomial(Distribution):
         "theta": constraints.greater_than_eq(0),
     }
     support = constraints.nonnegative_integer
+    _zero_inflation_logits: Tensor | None = None  # π of the ZINB subclass; None for NB
 
     def __init__(
         self,
@@ -195,14 +196,17 @@ class NegativeBinomial(Distribution):
 
     def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
         """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
+        zi_logits = self._zero_inflation_logits
         if self._logits is None:
-            return nb_log_likelihood(value, self.mu, self._theta, None, gamma_terms=gamma_terms)
+            return nb_log_likelihood(
+                value, self.mu, self._theta, zi_logits, gamma_terms=gamma_terms
+            )
         if gamma_terms is None:
             gamma_terms = self.gamma_terms(value)
-        return (
-            softmax_nb_log_likelihood(value, self._logits, self._log_library, self._theta)
-            + gamma_terms
+        log_px = softmax_nb_log_likelihood(
+            value, self._logits, self._log_library, self._theta, zi_logits
         )
+        return log_px + gamma_terms
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         # NB as a Gamma-Poisson mixture: rate ~ Gamma(θ, θ / μ).
@@ -237,7 +241,7 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         log_library: Tensor | None = None,
     ):
         super().__init__(mu, theta, scale, logits=logits, log_library=log_library)
-        self.zi_logits = zi_logits.expand(self.batch_shape)
+        self.zi_logits = self._zero_inflation_logits = zi_logits.expand(self.batch_shape)
 
     @property
     def zi_probs(self) -> Tensor:
@@ -254,19 +258,6 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return log_zinb(value, self.mu, self.theta, self.zi_logits)
-
-    def log_prob_sum(self, value: Tensor, *, gamma_terms: Tensor | None = None) -> Tensor:
-        """``log_prob(value).sum(-1)`` (``gamma_terms``: from :meth:`gamma_terms`)."""
-        if self._logits is None:
-            return nb_log_likelihood(
-                value, self.mu, self._theta, self.zi_logits, gamma_terms=gamma_terms
-            )
-        if gamma_terms is None:
-            gamma_terms = self.gamma_terms(value)
-        log_px = softmax_nb_log_likelihood(
-            value, self._logits, self._log_library, self._theta, self.zi_logits
-        )
-        return log_px + gamma_terms
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         with torch.no_grad():

@@ -292,7 +292,6 @@ class VAE(nn.Module):
         else:
             index = batch_index if self.dispersion == "gene-batch" else batch.labels
             theta = torch.exp(self.px_r.T[index])  # [B, G]
-        log_library = log_library.expand(lead)
         if self.gene_likelihood == "nb":
             return NegativeBinomial(None, theta, logits=logits, log_library=log_library)
         assert self.px_dropout_decoder is not None
