@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Size, Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions import Poisson as _TorchPoisson
 
+from sbi_vi.singlecell.nb_sampling import nb_sample, numpy_generator
 from sbi_vi.singlecell.softmax_nb import softmax_nb_log_likelihood
 
 __all__ = [
@@ -106,10 +106,9 @@ def gamma_sample(concentration: Tensor, rate: Tensor, sample_shape: Size | tuple
         alpha = concentration.expand(shape)
         if alpha.device.type != "cpu":
             return torch._standard_gamma(alpha.contiguous()) / rate
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         dtype = alpha.dtype if alpha.dtype in (torch.float32, torch.float64) else torch.float64
         values = alpha.detach().to(dtype).contiguous().numpy()
-        draws = np.random.default_rng(seed).standard_gamma(values, dtype=values.dtype)
+        draws = numpy_generator().standard_gamma(values, dtype=values.dtype)
         return torch.from_numpy(draws).to(rate.dtype).div_(rate)
 
 
@@ -209,10 +208,10 @@ class NegativeBinomial(Distribution):
         return log_px + gamma_terms
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        # NB as a Gamma-Poisson mixture: rate ~ Gamma(θ, θ / μ).
-        with torch.no_grad():
-            rate = gamma_sample(self.theta, self.theta / self.mu.clamp(min=_EPS), sample_shape)
-            return torch.poisson(rate.clamp(max=1e8))
+        # Sequential inversion for small means, Gamma-Poisson above (nb_sampling).
+        zi_logits = self._zero_inflation_logits
+        zi_probs = None if zi_logits is None else torch.sigmoid(zi_logits)
+        return nb_sample(self.mu, self._theta, zi_probs, sample_shape)
 
 
 class ZeroInflatedNegativeBinomial(NegativeBinomial):
@@ -258,12 +257,6 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return log_zinb(value, self.mu, self.theta, self.zi_logits)
-
-    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        with torch.no_grad():
-            counts = super().sample(sample_shape)
-            zero = torch.rand_like(counts) < self.zi_probs.expand_as(counts)
-            return counts.masked_fill(zero, 0.0)
 
 
 class Poisson(_TorchPoisson):
