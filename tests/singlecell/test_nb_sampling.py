@@ -109,3 +109,36 @@ def test_zero_and_nan_means():
     assert torch.isfinite(draws[:, 2]).all() and draws[:, 2].max() > 0
     assert nb_sample(torch.ones(0, 3), torch.ones(3)).shape == (0, 3)
     assert nb_sample(torch.tensor(2.0), torch.tensor(1.0), None, ()).shape == ()
+
+
+def test_draws_do_not_depend_on_the_block_and_chunk_sizes(monkeypatch):
+    # Uniforms come in blocks and the search runs in cache-sized chunks of rows; the row
+    # offsets of both must keep each entry on its own θ / π row and its own uniform.
+    from sbi_vi.singlecell import nb_sampling
+
+    g = torch.Generator().manual_seed(2)
+    mu = torch.rand(6, 5, 9, generator=g) * 40  # some entries past the inversion's limit
+    theta = torch.rand(5, 9, generator=g) + 0.3
+    zi = torch.rand(5, 1, generator=g) * 0.4
+    torch.manual_seed(7)
+    whole = nb_sample(mu, theta, zi, (3,))
+    monkeypatch.setattr(nb_sampling, "_BLOCK", 4 * 9)  # 4 rows a block, 90 rows in all
+    monkeypatch.setattr(nb_sampling, "_CHUNK", 3 * 9)  # 3 rows a chunk: chunks straddle
+    torch.manual_seed(7)
+    pieces = nb_sample(mu, theta, zi, (3,))
+    torch.testing.assert_close(pieces, whole, rtol=0, atol=0)
+    # Broadcast parameters and their materialised copies agree across blocks too.
+    torch.manual_seed(7)
+    full = nb_sample(mu, theta.expand(6, 5, 9).contiguous(), zi.expand(6, 5, 9), (3,))
+    torch.testing.assert_close(full, whole, rtol=0, atol=0)
+
+
+def test_certain_zero_inflation_and_long_searches():
+    # π = 1 gives only zeros; a Poisson-like NB just below the limit needs many passes.
+    mu = torch.tensor([5.0, INVERSION_MAX_MEAN - 0.5])
+    theta = torch.tensor([1.0, 1e6])
+    zi = torch.tensor([1.0, 0.0])
+    torch.manual_seed(0)
+    draws = nb_sample(mu, theta, zi, (40_000,)).numpy()
+    assert np.all(draws[:, 0] == 0)
+    assert _chi_square_pvalue(draws[:, 1], float(mu[1]), 1e6, 0.0) > 1e-4
