@@ -364,8 +364,8 @@ class AmortizedVI:
         """A single-observation posterior for ``x``, fine-tuned from the amortised q.
 
         A copy of q(θ | x) with its context fixed at ``x`` is trained by :meth:`train`
-        (this posterior's potential, prior and ``vi_method``; no warm-up, since it starts
-        from the amortised fit). The amortised q is left as it is.
+        (this posterior's potential, prior and ``vi_method``; no warm-up and no annealing,
+        since it starts from the amortised fit). The amortised q is left as it is.
 
         Args:
             x: One observation, ``[L]`` or ``[1, L]``.
@@ -393,6 +393,7 @@ class AmortizedVI:
         )
         train_kwargs.setdefault("max_num_iters", 500)
         train_kwargs.setdefault("warm_up_rounds", 0)
+        train_kwargs.setdefault("annealing_iters", 0)  # q starts at the amortised fit
         train_kwargs.setdefault("show_progress_bar", False)
         return refined.train(x, **train_kwargs)
 

@@ -36,9 +36,11 @@ from sbi_vi.posteriors.setup import (
     resolve_transform,
     warm_up,
 )
+from sbi_vi.potentials.base import log_prior_or_zero
 from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
 from sbi_vi.vi.families import FAMILY_NAMES, Family
-from sbi_vi.vi.fit import ConvergenceCheck, FitResult, fit, make_optimizer
+from sbi_vi.vi.fit import ConvergenceCheck, FitResult, make_optimizer
+from sbi_vi.vi.tempering import annealed_fit
 
 __all__ = ["VIPosterior"]
 
@@ -57,6 +59,8 @@ _TRAIN_KWARGS = (
     "weight_transform",
     "seed",
 )
+#: Iterations over which ``train`` tempers the likelihood in for reverse KL (see ``train``).
+DEFAULT_ANNEALING_ITERS = 200
 _DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
 
 
@@ -237,6 +241,7 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         check_for_convergence: bool = True,
         quality_control: bool = True,
         quality_control_metric: Literal["psis", "prop"] = "psis",
+        annealing_iters: int | None = None,
         **kwargs: Any,
     ) -> VIPosterior:
         """Fit q to the posterior of one observation.
@@ -257,6 +262,13 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             check_for_convergence: Stop when the loss stops improving (else run all iters).
             quality_control: Evaluate q afterwards and warn if it should not be trusted.
             quality_control_metric: ``psis`` or ``prop``.
+            annealing_iters: When q starts from the prior (the first training, or after
+                ``retrain_from_scratch``), temper the likelihood in over this many of the
+                ``max_num_iters`` iterations: ``log π + β (log p̃ − log π)`` with β rising
+                linearly to 1 (:mod:`sbi_vi.vi.tempering`), so that a mode-seeking
+                divergence keeps the mass of every posterior mode rather than the first it
+                finds. Default: 200 for ``rKL``, 0 (no tempering) for the other methods;
+                the convergence check only starts afterwards.
             **kwargs: ``eps`` (default 1e-3: training stops once the median loss of two
                 blocks of 50 iterations in a row improves by less than this), ``retain_graph``,
                 ``optimizer`` (class), ``scheduler`` (class or ``(class, kwargs)``),
@@ -277,6 +289,7 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         min_num_iters = check_positive_int("min_num_iters", min_num_iters, allow_zero=True)
         warm_up_rounds = check_positive_int("warm_up_rounds", warm_up_rounds, allow_zero=True)
         check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
+        annealing_steps = self._annealing_steps(annealing_iters)
         with seeded(kwargs.get("seed")):  # the caller's random state is restored after
             x = self._resolve_x(x)
             divergence = build_divergence(
@@ -285,8 +298,9 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             if retrain_from_scratch:
                 self.set_q(self._q_arg, *self._q_params)
             first_fit = self._trained_on is None
+            fresh = first_fit and not self._warm  # q starts from the prior
             self.potential_fn.set_x(x)
-            if first_fit and not self._warm and warm_up_rounds > 0:
+            if fresh and warm_up_rounds > 0:
                 warm_up(
                     self._family,
                     self.prior,
@@ -302,8 +316,11 @@ class VIPosterior(AmortizedVI, PosteriorBase):
                 if check_for_convergence
                 else None
             )
-            result = fit(
-                self._loss_closure(divergence, self.potential_fn, n_particles),
+            result = annealed_fit(
+                lambda target: self._loss_closure(divergence, target, n_particles),
+                self.potential_fn,
+                lambda theta: log_prior_or_zero(self.prior, theta),
+                annealing_steps if fresh else 0,
                 self._optimizer,
                 scheduler=self._scheduler,
                 max_num_iters=max_num_iters,
@@ -329,6 +346,11 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             if quality_control:
                 self._quality_control(quality_control_metric)
             return self
+
+    def _annealing_steps(self, annealing_iters: int | None) -> int:
+        if annealing_iters is None:
+            return DEFAULT_ANNEALING_ITERS if self._vi_method == "rKL" else 0
+        return check_positive_int("annealing_iters", annealing_iters, allow_zero=True)
 
     def _loss_closure(
         self, divergence: Divergence, log_p: Callable[[Tensor], Tensor], n_particles: int
