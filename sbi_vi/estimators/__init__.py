@@ -29,9 +29,9 @@ from sbi_vi.estimators.embedding import FCEmbedding, IdentityEmbedding
 from sbi_vi.estimators.flows import ConditionalFlow, LikelihoodNetBuilder, likelihood_nn
 from sbi_vi.estimators.nle import NLE, NLELoss
 from sbi_vi.estimators.nre import NRE, NRE_A, NRE_B, NRE_C, ContrastiveLoss, LogitRatio
-from sbi_vi.estimators.splines import RQSTransform
 from sbi_vi.estimators.training import TrainConfig, TrainState, train_loop
 from sbi_vi.estimators.zscore import Standardize
+from sbi_vi.vi.families.splines import RQSTransform
 
 __all__ = [
     "NLE",

@@ -24,8 +24,8 @@ from torch import Size, Tensor, nn
 from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi._zuko import zuko
 from sbi_vi.estimators.embedding import embedding_output_dim
-from sbi_vi.estimators.splines import RQSTransform, spline_call_and_ladj
 from sbi_vi.estimators.zscore import Standardize, ZScore, standardizers
+from sbi_vi.vi.families.splines import PackedSpline, spline_call_and_ladj
 
 __all__ = ["FLOW_NAMES", "ConditionalFlow", "LikelihoodNetBuilder", "likelihood_nn"]
 
@@ -210,7 +210,7 @@ def _build_zuko_flow(
     kwargs: dict = {}
     if model == "nsf":
         kwargs = {
-            "univariate": _Spline(float(tail_bound)),
+            "univariate": PackedSpline(float(tail_bound)),
             # One packed tensor [widths, heights, derivatives]: the layout zuko's `unpack`
             # gives with shapes (K,), (K,), (K - 1,), without splitting it.
             "shapes": [(3 * num_bins - 1,)],
@@ -238,20 +238,7 @@ def _init_near_identity(flow: nn.Module) -> None:
             nn.init.zeros_(bias)
 
 
-class _Spline:
-    """Picklable constructor ``(*phi) -> RQSTransform``: one packed tensor ``[*, 3K - 1]``,
-    or (flows built before packing) widths, heights and derivatives."""
-
-    def __init__(self, bound: float):
-        self.bound = bound
-
-    def __call__(self, *phi: Tensor) -> RQSTransform:
-        if len(phi) == 1:
-            return RQSTransform.packed(phi[0], bound=self.bound)
-        return RQSTransform(*phi, bound=self.bound)
-
-    def __repr__(self) -> str:
-        return f"RQSTransform(bound={self.bound})"
+_Spline = PackedSpline  # the name that estimators pickled before the move
 
 
 @dataclass(frozen=True)

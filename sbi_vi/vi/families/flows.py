@@ -19,6 +19,7 @@ from torch.distributions.transforms import Transform, identity_transform
 from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi._zuko import zuko
 from sbi_vi.vi.families.base import Family
+from sbi_vi.vi.families.splines import PackedSpline
 
 __all__ = ["FLOW_BUILDERS", "FlowFamily"]
 
@@ -84,7 +85,8 @@ class FlowFamily(Family):
         hidden_features = check_positive_int("hidden_features", hidden_features)
         self.flow_name = flow
         self.direction = direction
-        built = FLOW_BUILDERS[flow](
+        built = _build(
+            flow,
             features=event_size,
             context=context_size,
             transforms=num_transforms,
@@ -103,3 +105,15 @@ class FlowFamily(Family):
         return (
             f"flow={self.flow_name!r}, event_size={self.event_size}, direction={self.direction!r}"
         )
+
+
+def _build(flow: str, **kwargs: Any) -> Any:
+    """The zuko flow; ``nsf`` as zuko's ``NSF`` is built (its MAF, bins, bound 5 and slope),
+    but with the spline of :mod:`sbi_vi.vi.families.splines`, whose forward pass (sampling,
+    in the ``"sample"`` direction) is one autograd node: the same distribution for the same
+    weights, at about half the cost per reverse-KL step."""
+    if flow != "nsf":
+        return FLOW_BUILDERS[flow](**kwargs)
+    bins = kwargs.pop("bins", 8)
+    slope = kwargs.pop("slope", 1e-3)
+    return zuko.flows.MAF(univariate=PackedSpline(5.0, slope), shapes=[(3 * bins - 1,)], **kwargs)

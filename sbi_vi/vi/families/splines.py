@@ -1,19 +1,22 @@
 r"""A monotonic rational-quadratic spline with fewer tensor operations than zuko's.
 
-The neural spline flow of :mod:`sbi_vi.estimators.flows` is zuko's masked autoregressive
-flow with this univariate transform passed in (zuko's ``NSF`` is exactly that flow with
+The neural spline flows of :mod:`sbi_vi.estimators.flows` (NLE) and of the ``"nsf"``
+variational family (:mod:`sbi_vi.vi.families.flows`) are zuko's masked autoregressive flow
+with this univariate transform passed in (zuko's ``NSF`` is exactly that flow with
 ``zuko.transforms.MonotonicRQSTransform``). The parametrisation, the bound and the minimum
 slope are zuko's; only the evaluation is rearranged for training speed.
 
-The density direction (:meth:`RQSTransform.call_and_ladj`, the one that training and the
-potentials evaluate) is one autograd node with a hand-written backward: from the packed
-unconstrained parameters ``[*, 3K - 1]`` it normalises widths and heights together, finds the
-bin with one comparison against the cumulative widths, gathers the six quantities of that bin
-and evaluates the spline and its log-derivative, and the backward uses the closed-form
-softmax gradient (the gathered bin only touches ``K`` entries through a mask). Against the
-same computation left to autograd this is about 2-3x faster in a training step of a
-5-transform NSF; tests check the values against zuko and the gradients with ``gradcheck``.
-The inverse (sampling) keeps plain autograd operations.
+The forward direction (:meth:`RQSTransform.call_and_ladj`) is one autograd node with a
+hand-written backward. It is the density of an NLE flow, which training and the potentials
+evaluate, and the sampling of the variational family, which is arranged so that sampling is
+the forward pass. From the packed unconstrained parameters ``[*, 3K - 1]`` it normalises
+widths and heights together, finds the bin with one comparison against the cumulative
+widths, gathers the six quantities of that bin and evaluates the spline and its
+log-derivative; the backward uses the closed-form softmax gradient (the gathered bin only
+touches ``K`` entries through a mask). Against the same computation left to autograd this
+is about 2-3x faster in a training step of a 5-transform NSF; tests check the values
+against zuko and the gradients with ``gradcheck``. The inverse keeps plain autograd
+operations.
 
 Reference: Durkan et al. (2019), *Neural Spline Flows*, arXiv:1906.04032.
 """
@@ -28,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.distributions import Transform, constraints
 
-__all__ = ["RQSTransform", "spline_call_and_ladj"]
+__all__ = ["PackedSpline", "RQSTransform", "spline_call_and_ladj"]
 
 _CACHE: dict[tuple, Tensor] = {}
 
@@ -290,3 +293,29 @@ class RQSTransform(Transform):
         c = -s * u
         z = 2 * c / (-b - (b * b - 4 * a * c).clamp(min=0).sqrt())
         return torch.where(y.abs() < self.bound, x0 + z * w, y)
+
+
+class PackedSpline:
+    """Picklable constructor ``(*phi) -> RQSTransform`` for zuko's ``univariate`` argument:
+    one packed tensor ``[*, 3K - 1]`` (zuko ``shapes=[(3K - 1,)]``), or widths, heights and
+    derivatives as three tensors.
+
+    Args:
+        bound: The spline's (co)domain bound.
+        slope: The minimum slope.
+    """
+
+    def __init__(self, bound: float = 5.0, slope: float = 1e-3):
+        self.bound = bound
+        self.slope = slope
+
+    def __call__(self, *phi: Tensor) -> RQSTransform:
+        if len(phi) == 1:
+            return RQSTransform.packed(phi[0], bound=self.bound, slope=self.slope)
+        return RQSTransform(*phi, bound=self.bound, slope=self.slope)
+
+    def __setstate__(self, state: dict) -> None:  # pickles from before `slope` existed
+        self.__dict__.update({"slope": 1e-3, **state})
+
+    def __repr__(self) -> str:
+        return f"RQSTransform(bound={self.bound})"

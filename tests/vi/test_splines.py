@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from zuko.transforms import MonotonicRQSTransform
 
-from sbi_vi.estimators.splines import RQSTransform
+from sbi_vi.vi.families.splines import RQSTransform
 
 
 def params(n=64, bins=10, scale=2.0, seed=0):
