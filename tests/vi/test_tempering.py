@@ -56,50 +56,34 @@ def _make_loss(param):
     return make_loss
 
 
-def test_annealed_fit_runs_both_phases_and_stops_only_in_the_second():
-    param = torch.nn.Parameter(torch.tensor([3.0]))
-    optimizer = torch.optim.SGD([param], lr=0.1)
-    rule = _StopAtOnce()
-    result = annealed_fit(
+def _quadratic_annealed_fit(start, lr, **kwargs):
+    """annealed_fit of a point θ on log p = -|θ|² from a flat base."""
+    param = torch.nn.Parameter(torch.tensor([start]))
+    return annealed_fit(
         _make_loss(param),
         lambda t: -t.square().sum(-1),
         lambda t: torch.zeros(t.shape[:-1]),
-        num_steps=30,
-        optimizer=optimizer,
-        max_num_iters=100,
-        stopping=rule,
+        optimizer=torch.optim.SGD([param], lr=lr),
         show_progress_bar=False,
+        **kwargs,
     )
+
+
+def test_annealed_fit_runs_both_phases_and_stops_only_in_the_second():
+    rule = _StopAtOnce()
+    result = _quadratic_annealed_fit(3.0, 0.1, num_steps=30, max_num_iters=100, stopping=rule)
     # 30 annealing iterations (the rule never consulted), then one before the rule stops.
     assert result.num_iters == 31 and result.losses.shape == (31,) and result.converged
     assert rule.calls == 1
-    # The annealing losses grow with β: β t² at fixed t would rise; here they are finite.
     assert torch.isfinite(result.losses).all()
 
 
 def test_annealed_fit_caps_the_annealing_at_max_num_iters_and_zero_is_plain_fit():
-    param = torch.nn.Parameter(torch.tensor([1.0]))
-    optimizer = torch.optim.SGD([param], lr=0.01)
-    capped = annealed_fit(
-        _make_loss(param),
-        lambda t: -t.square().sum(-1),
-        lambda t: torch.zeros(t.shape[:-1]),
-        num_steps=50,
-        optimizer=optimizer,
-        max_num_iters=20,
-        stopping=ConvergenceCheck(),
-        show_progress_bar=False,
+    capped = _quadratic_annealed_fit(
+        1.0, 0.01, num_steps=50, max_num_iters=20, stopping=ConvergenceCheck()
     )
     assert capped.num_iters == 20 and not capped.converged
-    plain = annealed_fit(
-        _make_loss(param),
-        lambda t: -t.square().sum(-1),
-        lambda t: torch.zeros(t.shape[:-1]),
-        num_steps=0,
-        optimizer=optimizer,
-        max_num_iters=7,
-        show_progress_bar=False,
-    )
+    plain = _quadratic_annealed_fit(1.0, 0.01, num_steps=0, max_num_iters=7)
     assert plain.num_iters == 7
 
 
