@@ -73,7 +73,7 @@ class LinearTempering:
         if beta >= 1.0:
             return log_p
         log_base = self.log_base(theta)
-        tempered = torch.lerp(log_base, log_p, beta)  # log π + β (log p̃ − log π)
+        tempered = log_base + beta * (log_p - log_base)  # promotes mixed dtypes, unlike lerp
         return torch.where(torch.isfinite(log_base), tempered, log_base)
 
 

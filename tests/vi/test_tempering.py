@@ -133,3 +133,11 @@ def test_annealing_iters_is_checked_and_skipped_for_a_warm_start():
     posterior.train(max_num_iters=40, annealing_iters=1000, show_progress_bar=False, seed=1)
     second = posterior.history[-1]
     assert abs(second.losses.mean() - first.losses[-10:].mean()) < 1.0
+
+
+def test_tempering_mixes_dtypes_of_target_and_base():
+    target = LinearTempering(
+        lambda t: -t.double().square().sum(-1), lambda t: torch.zeros(t.shape[:-1]), 2
+    )
+    value = target(torch.ones(3, 2))
+    assert value.dtype == torch.float64 and torch.allclose(value, torch.full((3,), -1.0).double())

@@ -111,7 +111,7 @@ def _build(flow: str, **kwargs: Any) -> Any:
     """The zuko flow; ``nsf`` as zuko's ``NSF`` is built (its MAF, bins, bound 5 and slope),
     but with the spline of :mod:`sbi_vi.vi.families.splines`, whose forward pass (sampling,
     in the ``"sample"`` direction) is one autograd node: the same distribution for the same
-    weights, at about half the cost per reverse-KL step."""
+    weights, at about two thirds of the cost per reverse-KL step."""
     if flow != "nsf":
         return FLOW_BUILDERS[flow](**kwargs)
     bins = kwargs.pop("bins", 8)
