@@ -41,12 +41,13 @@ _EPS = 1e-8  # as in distributions: log(θ + μ + ε) and log(θ + ε)
 def _mean_terms(x: Tensor, logits: Tensor, log_library: Tensor, theta_eps: Tensor):
     """``μ = ℓ softmax(a)``, ``log(θ + μ)``, ``Σ_g x_g log μ_g``: one exp, one log per entry."""
     top = logits.amax(-1, keepdim=True)
-    mu = torch.sub(logits, top).exp_()  # the softmax numerator, then μ in place
-    total = mu.sum(-1, keepdim=True)
-    mu.mul_(torch.exp(log_library) / total)
+    mu = torch.softmax(logits, -1)  # torch's fused row kernel, then μ in place
+    # lse(a) = top − log softmax(a)_argmax, and softmax at the argmax is its row maximum
+    log_norm = mu.amax(-1, keepdim=True).log_().sub_(top)  # −lse(a)
+    mu.mul_(torch.exp(log_library))
     log_theta_mu = torch.add(mu, theta_eps).log_()
     x_log_mu = torch.linalg.vecdot(logits, x.expand_as(logits))  # Σ_g x_g a_g
-    x_log_mu += x.sum(-1) * (log_library - top - total.log()).squeeze(-1)
+    x_log_mu += x.sum(-1) * (log_library + log_norm).squeeze(-1)
     return mu, log_theta_mu, x_log_mu
 
 
