@@ -59,8 +59,6 @@ _TRAIN_KWARGS = (
     "weight_transform",
     "seed",
 )
-#: Iterations over which ``train`` tempers the likelihood in for reverse KL (see ``train``).
-DEFAULT_ANNEALING_ITERS = 200
 _DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
 
 
@@ -267,7 +265,8 @@ class VIPosterior(AmortizedVI, PosteriorBase):
                 ``max_num_iters`` iterations: ``log π + β (log p̃ − log π)`` with β rising
                 linearly to 1 (:mod:`sbi_vi.vi.tempering`), so that a mode-seeking
                 divergence keeps the mass of every posterior mode rather than the first it
-                finds. Default: 200 for ``rKL``, 0 (no tempering) for the other methods;
+                finds. Default: the divergence's ``annealing_iters``, 200 for ``rKL`` and 0
+                (no tempering) for the other methods;
                 the convergence check only starts afterwards.
             **kwargs: ``eps`` (default 1e-3: training stops once the median loss of two
                 blocks of 50 iterations in a row improves by less than this), ``retain_graph``,
@@ -348,8 +347,8 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             return self
 
     def _annealing_steps(self, annealing_iters: int | None) -> int:
-        if annealing_iters is None:
-            return DEFAULT_ANNEALING_ITERS if self._vi_method == "rKL" else 0
+        if annealing_iters is None:  # the divergence's default: > 0 if mode-seeking
+            return DIVERGENCES[self._vi_method].annealing_iters
         return check_positive_int("annealing_iters", annealing_iters, allow_zero=True)
 
     def _loss_closure(

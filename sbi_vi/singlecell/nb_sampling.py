@@ -59,7 +59,7 @@ def _inversion_kernel():
     # error_model="numpy": a float division never raises, so the passes have no branches
     # and LLVM vectorises them across genes / entries.
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-    steps = _STEPS
+    steps, underflow = _STEPS, _UNDERFLOW
 
     @jit
     def first_pass(mu, theta, zi, p0, u, row0, out, state, max_mean):
@@ -117,7 +117,7 @@ def _inversion_kernel():
             ps[i], cs[i], counts[i] = p, cdf, c
 
     @jit
-    def compact(n, base, index, v, state, flat, underflow):
+    def compact(n, base, index, v, state, flat):
         # Writes the draws of the first n entries and moves those still undecided to the
         # front, in place and without branches; returns how many they are.
         m = 0
@@ -130,7 +130,7 @@ def _inversion_kernel():
         return m
 
     @jit
-    def kernel(mu, theta, zi, p0, u, row0, out, max_mean, chunk, underflow):  # pragma: no cover
+    def kernel(mu, theta, zi, p0, u, row0, out, max_mean, chunk):  # pragma: no cover
         # mu, p0, out: [R, G]; u: R * G uniforms; theta: [Rt, G], zi: [Rz, G] (one row of
         # zeros for no zero inflation), row r uses row (row0 + r) % Rt (a trailing
         # broadcast). Returns how many entries are left to the Gamma-Poisson mixture.
@@ -151,7 +151,7 @@ def _inversion_kernel():
             base = steps
             while n > 0:
                 next_pass(n, base, v, state)
-                n = compact(n, base, index, v, state, flat, underflow)
+                n = compact(n, base, index, v, state, flat)
                 base += steps
         return n_left
 
@@ -229,7 +229,6 @@ def nb_sample(
                 out[r0:r1],
                 INVERSION_MAX_MEAN,
                 _CHUNK,
-                _UNDERFLOW,
             )
         if n_left:
             flat = out.reshape(-1)

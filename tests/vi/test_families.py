@@ -169,10 +169,10 @@ def test_nsf_family_is_zukos_nsf_with_the_fast_spline():
     # the same transform, log-density and gradients as zuko's own NSF.
     import zuko
 
-    from sbi_vi.vi.families.flows import _build
+    from sbi_vi.vi.families.flows import FLOW_BUILDERS
 
     torch.manual_seed(0)
-    ours = _build("nsf", features=3, context=2, transforms=2, hidden_features=(16, 16))
+    ours = FLOW_BUILDERS["nsf"](features=3, context=2, transforms=2, hidden_features=(16, 16))
     theirs = zuko.flows.NSF(3, 2, transforms=2, hidden_features=(16, 16))
     theirs.load_state_dict(ours.state_dict())
     with torch.no_grad():  # away from the identity the splines bend

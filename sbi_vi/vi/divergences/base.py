@@ -61,12 +61,15 @@ class Divergence(abc.ABC):
     """Base class: ``divergence(family, log_p, n_particles, context=None) -> DivergenceOutput``.
 
     Class attributes tell the engine how to arrange a flow: ``direction`` is the pass that
-    should be cheap (``"sample"`` or ``"density"``).
+    should be cheap (``"sample"`` or ``"density"``); ``annealing_iters`` is how many
+    iterations a fit from the prior tempers the target in by default
+    (:mod:`sbi_vi.vi.tempering`): > 0 for a mode-seeking divergence.
     """
 
     #: Registry name (``rKL``, ``fKL``, ``IW``, ``alpha``).
     name: str = ""
     direction: str = "sample"
+    annealing_iters: int = 0
 
     @abc.abstractmethod
     def __call__(

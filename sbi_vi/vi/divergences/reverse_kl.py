@@ -44,6 +44,7 @@ class ReverseKL(Divergence):
     """
 
     name = "rKL"
+    annealing_iters = 200  # mode-seeking: temper the likelihood in (sbi_vi.vi.tempering)
 
     def __init__(self, *, stick_the_landing: bool = False):
         self.stick_the_landing = bool(stick_the_landing)

@@ -23,10 +23,19 @@ from sbi_vi.vi.families.splines import PackedSpline
 
 __all__ = ["FLOW_BUILDERS", "FlowFamily"]
 
+
+def _nsf(bins: int = 8, slope: float = 1e-3, **kwargs: Any) -> Any:
+    """zuko's ``NSF`` (its MAF, bins, bound 5 and slope) with the spline of
+    :mod:`sbi_vi.vi.families.splines`, whose forward pass (sampling, in the ``"sample"``
+    direction) is one autograd node: the same distribution for the same weights, at about
+    two thirds of the cost per reverse-KL step."""
+    return zuko.flows.MAF(univariate=PackedSpline(5.0, slope), shapes=[(3 * bins - 1,)], **kwargs)
+
+
 #: zuko flow constructors by the names of the ``q`` argument.
 FLOW_BUILDERS = {
     "maf": zuko.flows.MAF,
-    "nsf": zuko.flows.NSF,
+    "nsf": _nsf,
     "naf": zuko.flows.NAF,
     "unaf": zuko.flows.UNAF,
     "nice": zuko.flows.NICE,
@@ -85,8 +94,7 @@ class FlowFamily(Family):
         hidden_features = check_positive_int("hidden_features", hidden_features)
         self.flow_name = flow
         self.direction = direction
-        built = _build(
-            flow,
+        built = FLOW_BUILDERS[flow](
             features=event_size,
             context=context_size,
             transforms=num_transforms,
@@ -105,15 +113,3 @@ class FlowFamily(Family):
         return (
             f"flow={self.flow_name!r}, event_size={self.event_size}, direction={self.direction!r}"
         )
-
-
-def _build(flow: str, **kwargs: Any) -> Any:
-    """The zuko flow; ``nsf`` as zuko's ``NSF`` is built (its MAF, bins, bound 5 and slope),
-    but with the spline of :mod:`sbi_vi.vi.families.splines`, whose forward pass (sampling,
-    in the ``"sample"`` direction) is one autograd node: the same distribution for the same
-    weights, at about two thirds of the cost per reverse-KL step."""
-    if flow != "nsf":
-        return FLOW_BUILDERS[flow](**kwargs)
-    bins = kwargs.pop("bins", 8)
-    slope = kwargs.pop("slope", 1e-3)
-    return zuko.flows.MAF(univariate=PackedSpline(5.0, slope), shapes=[(3 * bins - 1,)], **kwargs)
