@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
+    "DivergedWarning",
     "NotTrainedError",
     "QualityWarning",
     "SbiViError",
@@ -26,6 +27,14 @@ class NotTrainedError(SbiViError, RuntimeError):
 
 class QualityWarning(UserWarning):
     """A diagnostic says the variational posterior should not be trusted as is."""
+
+
+class DivergedWarning(UserWarning):
+    """An optimisation diverged: many steps were skipped as non-finite, or the fit is not finite.
+
+    Filter it like any warning (``warnings.simplefilter("error", DivergedWarning)`` turns a
+    diverged fit into an exception).
+    """
 
 
 class SimulationWarning(UserWarning):
