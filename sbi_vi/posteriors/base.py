@@ -11,6 +11,7 @@ import torch
 from torch import Size, Tensor
 
 from sbi_vi._checks import as_tensor
+from sbi_vi._io import load_object, save_object
 from sbi_vi.errors import NotTrainedError
 from sbi_vi.posteriors.setup import event_size_of
 
@@ -51,9 +52,18 @@ class PosteriorBase:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Save the whole posterior (q, potential, prior, optimizer state) to ``path``."""
+        """Save the whole posterior (q, potential, prior, optimizer state) to ``path``.
+
+        The file records the sbi_vi version that wrote it.
+
+        Args:
+            path: The file to write.
+
+        Raises:
+            TypeError: The posterior cannot be pickled (a lambda or local potential).
+        """
         try:
-            torch.save(self, Path(path))
+            save_object(self, path, what=type(self).__name__)
         except (pickle.PicklingError, AttributeError, TypeError) as err:
             raise TypeError(
                 "The posterior cannot be pickled, most likely because `potential_fn` is a "
@@ -63,11 +73,22 @@ class PosteriorBase:
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | None = None) -> Self:
-        """Load a posterior written by :meth:`save`."""
-        obj = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}.")
-        return obj
+        """Load a posterior written by :meth:`save`.
+
+        Args:
+            path: The file written by :meth:`save`.
+            map_location: Passed to :func:`torch.load`.
+
+        Returns:
+            The posterior, in the state it was saved in.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: The file is truncated, corrupted, not a torch file, or holds
+                something other than a ``cls`` (the message names the file and, when the
+                file records it, the sbi_vi version that wrote it).
+        """
+        return load_object(path, what=cls.__name__, expected_type=cls, map_location=map_location)
 
     def _check_x(self, x: Tensor) -> Tensor:
         x = as_tensor("x", x).to(self._device)
