@@ -21,8 +21,12 @@ class SbiViError(Exception):
     """Base class of every error that sbi_vi raises on purpose."""
 
 
-class NotTrainedError(SbiViError, RuntimeError):
-    """A method needs a trained variational posterior, but ``train`` was not called."""
+class NotTrainedError(SbiViError, ValueError, RuntimeError):
+    """A method needs a trained object (posterior, estimator), but it was not trained.
+
+    A ``ValueError`` because sbi raises ``ValueError`` in the same places (code written for
+    sbi catches that), and still a ``RuntimeError`` as it was in earlier versions.
+    """
 
 
 class QualityWarning(UserWarning):
