@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_vi.ppl.log_density import site_log_prob
 from sbi_vi.ppl.runtime import Message, Messenger
 
 __all__ = ["SiteFilter", "Trace", "TraceMessenger", "trace"]
@@ -132,13 +133,8 @@ class Trace(dict[str, Message]):
 
 
 def _compute_log_prob(name: str, msg: Message) -> None:
-    try:
-        lp = msg.fn.log_prob(msg.value)
-    except (ValueError, RuntimeError) as err:
-        raise ValueError(f"sample site {name!r}: log_prob of its value failed ({err})") from err
-    mask = msg.mask
-    if mask is not None and mask is not True:
-        lp = torch.zeros_like(lp) if mask is False else torch.where(mask, lp, 0.0)
+    del name  # the message names the site
+    lp = site_log_prob(msg)
     msg.unscaled_log_prob = lp
     scale = msg.scale
     msg.log_prob = lp if (type(scale) is float and scale == 1.0) else lp * scale

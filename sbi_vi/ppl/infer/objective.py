@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sbi_vi.ppl.handlers import param_store, replay, substitute, trace
 from sbi_vi.ppl.infer.autoguides.base import AutoGuide
+from sbi_vi.ppl.infer.checks import check_guide_sites, check_observed_values
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
 from sbi_vi.ppl.infer.sites import ModelInfo, inspect_model
 from sbi_vi.ppl.params import ParamStore
@@ -84,9 +85,13 @@ class Objective:
             return
         guide = self.guide
         if isinstance(guide, AutoGuide):
+            built_before = guide.info is not None
             guide.setup(*args, store=self.store, **kwargs)
             info = guide.info
             assert info is not None
+            if built_before or guide.model is not self.model:
+                model_info = inspect_model(self.model, args, kwargs, store=self.store)
+                check_guide_sites(type(guide).__name__, info, model_info)
             k = info.max_plate_nesting
             route: Route = "autoguide" if guide.has_local or guide.is_point_mass else "family"
         else:
@@ -96,7 +101,8 @@ class Objective:
             route = "trace"
         self.info, self.max_plate_nesting = info, k
         self._check_divergence(info, route)
-        self._runner = ModelRunner(store=self.store, max_plate_nesting=k)
+        check_observed_values(self.model, args, kwargs, info, self.store)
+        self._runner = ModelRunner(store=self.store, max_plate_nesting=k, strict=True)
         self._stl = bool(getattr(self.divergence, "stick_the_landing", False))
         self.route = route
         if route == "trace":
@@ -162,10 +168,12 @@ class Objective:
         assert runner is not None
         runner.values = values
         runner.indices = {} if indices is None else indices
-        with particle_plate(n_particles, self.max_plate_nesting), runner:
-            self.model(*args, **kwargs)
-        log_p = runner.log_p
-        runner.values, runner.indices = {}, {}
+        try:
+            with particle_plate(n_particles, self.max_plate_nesting), runner:
+                self.model(*args, **kwargs)
+            log_p = runner.log_p
+        finally:  # keep no tensor of this step's graph: a fitted object must deepcopy
+            runner.values, runner.indices, runner.log_p = {}, {}, None
         if log_p is None:
             return torch.zeros(n_particles)
         return log_p

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from sbi_vi.ppl.log_density import site_log_prob
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.ppl.particles import PARTICLE_PLATE
 from sbi_vi.ppl.plate import Plate
@@ -41,6 +42,9 @@ class ModelRunner(Messenger):
         log_joint: Whether to accumulate :attr:`log_p` (``[P]``).
         uncondition: Whether observed sites are drawn instead (posterior predictive).
         init_fn: ``init_fn(msg) -> value`` for latent sites missing from ``values``.
+        strict: Whether a latent site missing from ``values`` (without ``init_fn``) is an
+            error rather than a draw from its prior (inference: the guide must supply
+            every latent site).
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class ModelRunner(Messenger):
         log_joint: bool = True,
         uncondition: bool = False,
         init_fn: Callable[[Message], Tensor] | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         self.values = {} if values is None else values
@@ -62,6 +67,7 @@ class ModelRunner(Messenger):
         self.log_joint = log_joint
         self.uncondition = uncondition
         self.init_fn = init_fn
+        self.strict = strict
         self._sum_dims = tuple(range(1, max_plate_nesting + 1))
         self.log_p: Tensor | None = None
 
@@ -81,6 +87,13 @@ class ModelRunner(Messenger):
                 msg.value = value
             elif self.init_fn is not None:
                 msg.value = self.init_fn(msg)
+            elif self.strict:
+                raise ValueError(
+                    f"the model's latent site {msg.name!r} has no value from the guide (the "
+                    f"guide supplies {sorted(self.values)}): the model gained a latent site "
+                    "after the guide was built, e.g. through other arguments. Build a new "
+                    "guide for this model and these arguments."
+                )
         elif kind == "plate":
             index = self.indices.get(msg.name)
             if index is not None:
@@ -90,10 +103,7 @@ class ModelRunner(Messenger):
     def postprocess_message(self, msg: Message) -> None:
         if not self.log_joint or msg.type != "sample":
             return
-        lp = msg.fn.log_prob(msg.value)
-        mask = msg.mask
-        if mask is not None and mask is not True:
-            lp = torch.zeros_like(lp) if mask is False else torch.where(mask, lp, 0.0)
+        lp = site_log_prob(msg)
         scale = msg.scale
         # A number scales the site's sum (fused with the accumulation); a tensor each entry.
         number = type(scale) is float or type(scale) is int
