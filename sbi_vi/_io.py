@@ -78,8 +78,8 @@ def load_torch_file(
         dict; use :func:`load_object` to unwrap and type-check it).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (``IsADirectoryError``/``PermissionError``
-            and other ``OSError`` pass through unchanged as well).
+        FileNotFoundError: ``path`` does not exist (``IsADirectoryError`` and
+            ``PermissionError`` pass through unchanged as well).
         ValueError: The file is not a readable torch save (truncated, corrupted, not a
             torch file, or pickling classes that this version of the code does not have).
             The message names the file, ``what`` and the version that wrote it when the
@@ -87,9 +87,9 @@ def load_torch_file(
     """
     try:
         return torch.load(Path(path), map_location=map_location, weights_only=False)
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except Exception as err:
+    except Exception as err:  # a truncated zip can also surface as OSError(EINVAL)
         version = written_by(path)
         origin = f" (written by sbi_vi {version}; this is {_version()})" if version else ""
         raise ValueError(

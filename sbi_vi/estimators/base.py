@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import logging
 import warnings
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Self
 
 import torch
 from torch import Tensor, nn
@@ -19,12 +20,14 @@ from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
 from sbi_vi._checks import as_tensor, check_positive_int, seeded
-from sbi_vi.errors import SimulationWarning
+from sbi_vi._io import load_object, save_object
+from sbi_vi.errors import NotTrainedError, SimulationWarning
 from sbi_vi.estimators.training import (
     EstimatorLoss,
     TrainConfig,
     TrainState,
     make_adam,
+    snapshot,
     split_indices,
     train_loop,
 )
@@ -60,6 +63,7 @@ class NeuralEstimator(abc.ABC):
         self._x_roundwise: list[Tensor] = []
         self._data_round_index: list[int] = []
         self._neural_net: nn.Module | None = None
+        self._net_trained = False  # True once the network finished one training epoch
         self._state: TrainState | None = None
         self._round = 0
         self._summary: dict[str, list] = {
@@ -236,6 +240,7 @@ class NeuralEstimator(abc.ABC):
                     self._neural_net = self._checked_net(
                         self._build_net(theta[train_idx], x[train_idx])
                     )
+                    self._net_trained = False
                 self._neural_net.to(self._device).requires_grad_(True)  # Adam sees them all
                 params = list(self._neural_net.parameters())
                 state = TrainState(
@@ -243,6 +248,8 @@ class NeuralEstimator(abc.ABC):
                 )
                 self._state = state
             net = self._neural_net.requires_grad_(True)
+            if state.best_weights is None and self._net_trained:  # continue a trained net:
+                state.best_weights = snapshot(net, None)  # an interrupt before 1 epoch keeps it
             summary = self._summary
             epochs_before = state.epoch
 
@@ -251,20 +258,23 @@ class NeuralEstimator(abc.ABC):
                 summary["validation_loss"].append(val_loss)
                 summary["epoch_durations_sec"].append(seconds)
 
-            train_loop(
-                net,
-                loss,
-                theta,
-                x,
-                state,
-                config,
-                description=f"Training {type(self).__name__}",
-                on_epoch=record,
-            )
-        net.zero_grad(set_to_none=True)
-        net.requires_grad_(False)  # a frozen estimator makes VI's backward cheaper
-        summary["epochs_trained"].append(state.epoch)
-        summary["best_validation_loss"].append(state.best_val_loss)
+            try:
+                train_loop(
+                    net,
+                    loss,
+                    theta,
+                    x,
+                    state,
+                    config,
+                    description=f"Training {type(self).__name__}",
+                    on_epoch=record,
+                )
+            finally:  # also after an exception or Ctrl-C: a consistent, usable estimator
+                net.zero_grad(set_to_none=True)
+                net.requires_grad_(False)  # a frozen estimator makes VI's backward cheaper
+                self._net_trained = self._net_trained or state.epoch > 0
+                summary["epochs_trained"].append(state.epoch)
+                summary["best_validation_loss"].append(state.best_val_loss)
         if show_train_summary:
             tqdm.write(
                 f"{type(self).__name__} round {self._round}: {state.epoch - epochs_before} "
@@ -279,6 +289,37 @@ class NeuralEstimator(abc.ABC):
                 f"The network builder must return an nn.Module; got {type(net).__name__}."
             )
         return net
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Save the whole estimator (simulations, network, optimizer, summary) to ``path``.
+
+        The file records the sbi_vi version that wrote it. ``torch.save(estimator, path)``
+        and pickling work too; this adds the checks of :meth:`load`.
+
+        Args:
+            path: The file to write.
+        """
+        save_object(self, path, what=type(self).__name__)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | None = None) -> Self:
+        """Load an estimator written by :meth:`save` (or by ``torch.save`` of one).
+
+        Args:
+            path: The file.
+            map_location: Passed to :func:`torch.load`.
+
+        Returns:
+            The estimator, ready to ``train(resume_training=True)`` or ``build_posterior``.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: The file is truncated, corrupted, not a torch file, or holds
+                something other than a ``cls`` (naming the file and, when recorded, the
+                sbi_vi version that wrote it).
+        """
+        return load_object(path, what=cls.__name__, expected_type=cls, map_location=map_location)
 
     # ------------------------------------------------------------------ posterior
     def build_posterior(
@@ -304,7 +345,8 @@ class NeuralEstimator(abc.ABC):
         Raises:
             ValueError: Without a prior, for ``sample_with != "vi"`` or reserved keys in
                 ``vi_parameters``.
-            RuntimeError: If no network was trained and none is given.
+            NotTrainedError: If no network finished a training epoch and none is given (a
+                ``ValueError`` and a ``RuntimeError``).
         """
         from sbi_vi.posteriors import VIPosterior
 
@@ -315,7 +357,12 @@ class NeuralEstimator(abc.ABC):
             )
         net = density_estimator if density_estimator is not None else self._neural_net
         if net is None:
-            raise RuntimeError("No trained network: call `train()` first or pass one.")
+            raise NotTrainedError("No trained network: call `train()` first or pass one.")
+        if density_estimator is None and not getattr(self, "_net_trained", True):
+            raise NotTrainedError(
+                "The network never finished a training epoch (the last `train()` was "
+                "interrupted before the first epoch ended): call `train()` again."
+            )
         prior = prior if prior is not None else self._prior
         if prior is None:
             raise ValueError(

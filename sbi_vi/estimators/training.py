@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from sbi_vi._checks import check_in_interval, check_positive_float, check_positive_int
 from sbi_vi.vi.fit import gradient_step
 
-__all__ = ["EstimatorLoss", "TrainConfig", "TrainState", "make_adam", "train_loop"]
+__all__ = [
+    "EstimatorLoss",
+    "TrainConfig",
+    "TrainState",
+    "make_adam",
+    "snapshot",
+    "train_loop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +136,7 @@ def split_indices(
     return perm[:n_train], perm[n_train:]
 
 
-def _snapshot(net: nn.Module, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
+def snapshot(net: nn.Module, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
     """Copy the network's state into ``into`` (allocated on first use)."""
     with torch.no_grad():
         state = net.state_dict()
@@ -168,6 +175,11 @@ def train_loop(
 
     Raises:
         RuntimeError: If every gradient step of an epoch had a non-finite gradient.
+
+    Whatever ends the loop (early stopping, ``max_num_epochs``, an exception or
+    ``KeyboardInterrupt`` raised inside it), ``net`` leaves in eval mode with
+    ``state.best_weights`` loaded (if any epoch ever finished), and ``state`` counts only
+    the epochs that finished: an interrupted epoch leaves no trace but its cost.
     """
     train_idx, val_idx = state.train_indices, state.val_indices
     n_train = train_idx.shape[0]
@@ -210,24 +222,24 @@ def train_loop(
             net.eval()
             with torch.no_grad():
                 val_loss = float(loss.validation(net, theta_val, x_val, batch_size))
-            state.epoch += 1
             if val_loss < state.best_val_loss or state.best_weights is None:
+                state.best_weights = snapshot(net, state.best_weights)
                 state.best_val_loss = val_loss
-                state.best_weights = _snapshot(net, state.best_weights)
                 state.epochs_since_improvement = 0
             else:
                 state.epochs_since_improvement += 1
+            state.epoch += 1
             if skipped:
                 logger.warning("Skipped %d steps with a non-finite gradient.", skipped)
             if on_epoch is not None:
                 on_epoch(train_loss, val_loss, time.perf_counter() - start)
             bar.update(1)
             bar.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{state.best_val_loss:.4f}")
-    finally:
+    finally:  # also when interrupted (an exception, Ctrl-C): the best weights, eval mode
         bar.close()
-    if state.best_weights is not None:
-        net.load_state_dict(state.best_weights)
-    net.eval()
+        if state.best_weights is not None:
+            net.load_state_dict(state.best_weights)
+        net.eval()
     if state.epochs_since_improvement >= config.stop_after_epochs:
         logger.info("Neural network converged after %d epochs.", state.epoch)
     else:
