@@ -27,6 +27,7 @@ from sbi_vi.singlecell.distributions import (
     gamma_sample,
 )
 from sbi_vi.singlecell.loader import CellBatch, resolve_indices
+from sbi_vi.singlecell.normal import NormalLikelihood
 
 __all__ = ["RNAMixin"]
 
@@ -236,11 +237,12 @@ class RNAMixin(BaseSingleCellModel):
 
         Returns:
             ``{"mean": ..., "dispersions": ..., "dropout": ...}`` (dispersions θ for NB /
-            ZINB, dropout probabilities for ZINB), each ``[n_cells, n_genes]`` (``n_samples=1``
-            or ``give_mean``) or ``[n_samples, n_cells, n_genes]``.
+            ZINB, dropout probabilities for ZINB; ``{"mean", "std"}`` for the ``"normal"``
+            likelihood), each ``[n_cells, n_genes]`` (``n_samples=1`` or ``give_mean``) or
+            ``[n_samples, n_cells, n_genes]``.
         """
         n_samples = check_positive_int("n_samples", n_samples)
-        parts: dict[str, list[Tensor]] = {"mean": [], "dispersions": [], "dropout": []}
+        parts: dict[str, list[Tensor]] = {"mean": [], "dispersions": [], "dropout": [], "std": []}
         for cells in self._minibatches(adata, indices, batch_size, dataloader):
             px, _ = self._decode(cells, n_samples)
             values = {"mean": px.mu}
@@ -248,6 +250,8 @@ class RNAMixin(BaseSingleCellModel):
                 values["dispersions"] = px.theta
             if isinstance(px, ZeroInflatedNegativeBinomial):
                 values["dropout"] = px.zi_probs
+            if isinstance(px, NormalLikelihood):
+                values["std"] = px.std
             for key, value in values.items():
                 value = value.expand(px.mu.shape)
                 parts[key].append(value.mean(0) if give_mean or n_samples == 1 else value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +19,20 @@ from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
 __all__ = ["SCVI"]
 
 _SUPPORTED = ("rKL", "IW", "alpha")
+_MODULE_OPTIONS = frozenset(
+    name
+    for name, p in inspect.signature(VAE).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+) - {"library_log_means", "library_log_vars"}
+_FROM_SETUP = (
+    "n_input",
+    "n_batch",
+    "n_labels",
+    "n_continuous_cov",
+    "n_cats_per_cov",
+    "library_log_means",
+    "library_log_vars",
+)
 
 
 class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
@@ -40,10 +56,21 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
         divergence: ``"rKL"``, ``"IW"`` or ``"alpha"``.
         divergence_kwargs: Options of the divergence (``K``, ``dreg``, ``alpha``,
             ``stick_the_landing``).
-        **model_kwargs: Module options: ``use_observed_lib_size`` (default True),
-            ``encode_covariates``, ``deeply_inject_covariates``, ``use_batch_norm``,
-            ``use_layer_norm``, ``log_variational``, ``q`` (the encoder family: a name of
-            the engine's families) and ``q_kwargs``.
+        **model_kwargs: Options of the module, :class:`~sbi_vi.singlecell.module.VAE`
+            (scvi-tools' ``VAE`` options with their defaults): ``use_observed_lib_size``,
+            ``use_size_factor_key`` (default: True when ``setup_anndata`` registered a
+            ``size_factor_key``), ``encode_covariates``, ``deeply_inject_covariates``,
+            ``batch_representation``, ``batch_embedding_kwargs``, ``use_batch_norm``,
+            ``use_layer_norm``, ``log_variational``, ``var_activation``,
+            ``extra_encoder_kwargs``, ``extra_decoder_kwargs``, ``extra_payload_autotune``
+            (False only); and the encoder family ``q`` (a name of the engine's families)
+            with ``q_kwargs``.
+
+    Raises:
+        TypeError: An unknown keyword argument (naming it), or one that the AnnData set-up
+            determines (``n_batch``, ``n_input``, ``library_log_means``, ...).
+        ValueError: An option outside its choices; ``use_size_factor_key=True`` without a
+            registered size factor.
 
     Example:
         >>> from sbi_vi.singlecell import SCVI, synthetic_counts
@@ -80,6 +107,7 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
                 f"cell, which a VAE does not have; use one of {', '.join(_SUPPORTED)}."
             )
         build_divergence(divergence, **(divergence_kwargs or {}))  # fail early on options
+        _check_model_kwargs(model_kwargs)
         super().__init__(
             adata,
             n_hidden=n_hidden,
@@ -104,7 +132,19 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
         **params: Any,
     ) -> VAE:
         setup = self.setup
-        observed = params.get("use_observed_lib_size", True)
+        use_size_factor_key = params.pop("use_size_factor_key", None)
+        if use_size_factor_key is None:  # scvi-tools: whether a size factor is registered
+            use_size_factor_key = setup.size_factor_key is not None
+        elif not isinstance(use_size_factor_key, bool):
+            raise TypeError(
+                f"`use_size_factor_key` must be a bool, got {type(use_size_factor_key).__name__}."
+            )
+        elif use_size_factor_key and setup.size_factor_key is None:
+            raise ValueError(
+                "`use_size_factor_key=True` needs size factors; register them with "
+                "`SCVI.setup_anndata(adata, size_factor_key=...)`."
+            )
+        observed = params.get("use_observed_lib_size", True) or use_size_factor_key
         if not observed and library_log_means is None:
             data = self._cell_data(None)
             library_log_means, library_log_vars = data.library_log_stats(np.arange(data.n_obs))
@@ -121,8 +161,36 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
             library_log_vars=None
             if library_log_vars is None
             else torch.as_tensor(library_log_vars),
+            use_size_factor_key=use_size_factor_key,
             **params,
         )
+
+    @torch.no_grad()
+    def get_batch_representation(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The learnt embedding of each cell's batch (``batch_representation="embedding"``).
+
+        Returns:
+            ``[n_cells, embedding_dim]``.
+
+        Raises:
+            ValueError: If the model represents batches one-hot.
+        """
+        embedding = self.module.batch_embedding
+        if embedding is None:
+            raise ValueError(
+                "`get_batch_representation` needs a model built with "
+                "`batch_representation='embedding'`; this one uses 'one-hot'."
+            )
+        chunks = [
+            embedding(cells.batch_index).cpu()
+            for cells in self._minibatches(adata, indices, batch_size)
+        ]
+        return torch.cat(chunks).numpy()
 
     def _module_extra(self) -> dict[str, Any]:
         means, variances = self._library_priors
@@ -136,3 +204,19 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
     def _divergence(self) -> Divergence:
         params = self.init_params_
         return build_divergence(params["divergence"], **params["divergence_kwargs"])
+
+
+def _check_model_kwargs(model_kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments that are no module option, naming them (TypeError)."""
+    from_setup = sorted(set(model_kwargs) & set(_FROM_SETUP))
+    if from_setup:
+        raise TypeError(
+            f"SCVI() got {', '.join(map(repr, from_setup))}, which the AnnData set-up "
+            "determines (as in scvi-tools); remove them."
+        )
+    unknown = sorted(set(model_kwargs) - _MODULE_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"SCVI() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"module options: {', '.join(sorted(_MODULE_OPTIONS))}."
+        )

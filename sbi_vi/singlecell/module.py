@@ -20,7 +20,7 @@ with ``w`` the KL warm-up weight (1: the ELBO for rKL, the IWAE bound for IW).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,16 +32,26 @@ from torch.distributions import Distribution
 from sbi_vi._checks import check_choice, check_positive_int
 from sbi_vi.singlecell.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from sbi_vi.singlecell.loader import CellBatch
-from sbi_vi.singlecell.nn import FCLayers
+from sbi_vi.singlecell.nn import (
+    CovariateBody,
+    FCLayers,
+    batch_embedding,
+    decoder_options,
+    encoder_family,
+    encoder_options,
+)
+from sbi_vi.singlecell.normal import NormalLikelihood
 from sbi_vi.vi.divergences import Divergence, ImportanceWeighted
 from sbi_vi.vi.divergences.base import detached_log_prob
-from sbi_vi.vi.families import build_family, rsample_and_log_prob
+from sbi_vi.vi.families import rsample_and_log_prob
 
 __all__ = ["VAE", "LossOutput"]
 
-GeneLikelihood = Literal["zinb", "nb", "poisson"]
+GeneLikelihood = Literal["zinb", "nb", "poisson", "normal"]
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
 LatentDistribution = Literal["normal", "ln"]
+BatchRepresentation = Literal["one-hot", "embedding"]
+Placement = Literal["encoder", "decoder", "both", "none"]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -67,6 +77,9 @@ class LossOutput:
 class VAE(nn.Module):
     """scVI's variational auto-encoder with an engine family as encoder.
 
+    The arguments and defaults are scvi-tools' ``VAE`` (which ``SCVI(**kwargs)`` forwards),
+    plus the encoder family ``q``.
+
     Args:
         n_input: Number of genes ``G``.
         n_batch: Number of batches (injected into the decoder).
@@ -74,25 +87,57 @@ class VAE(nn.Module):
         n_hidden: Hidden width of encoder and decoder.
         n_latent: Dimension of z.
         n_layers: Hidden layers of encoder and decoder.
-        n_continuous_cov: Continuous covariates (decoder input).
+        n_continuous_cov: Continuous covariates (concatenated to the decoder's input, and to
+            the encoder's with ``encode_covariates``).
         n_cats_per_cov: Categories of each extra categorical covariate.
         dropout_rate: Dropout of the encoder.
         dispersion: ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
-        gene_likelihood: ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        gene_likelihood: ``"zinb"``, ``"nb"``, ``"poisson"``, or ``"normal"`` (a Gaussian
+            of mean ``ℓ ρ`` and sd ``exp(px_r)``, for log-normalised data).
         latent_distribution: ``"normal"``, or ``"ln"`` (z = softmax of a Gaussian).
-        use_observed_lib_size: Use ``log Σ_g x_g`` (or the size factor) as ``log ℓ``;
-            otherwise ``log ℓ`` is latent with a per-batch log-normal prior.
+        use_observed_lib_size: Use ``log Σ_g x_g`` as ``log ℓ``; otherwise ``log ℓ`` is
+            latent with a per-batch log-normal prior.
+        use_size_factor_key: ``log ℓ`` is the log of the cell's size factor, and the
+            normalised expression is ``softplus`` of the decoder's output (not a softmax:
+            it then scales a size factor, not a total count), as scvi-tools. Takes priority
+            over ``use_observed_lib_size``.
         library_log_means: Per-batch prior mean of ``log ℓ``, ``[n_batch]``.
         library_log_vars: Per-batch prior variance of ``log ℓ``, ``[n_batch]``.
-        encode_covariates: Give the encoder the batch and covariates too.
-        deeply_inject_covariates: Covariates enter every hidden layer.
+        encode_covariates: Give the encoder the batch and covariates too (categorical ones
+            enter every hidden layer with ``deeply_inject_covariates``, continuous ones the
+            first).
+        deeply_inject_covariates: Categorical covariates enter every hidden layer, not just
+            the first.
+        batch_representation: ``"one-hot"`` (injected like a covariate) or ``"embedding"``
+            (a learnt vector per batch concatenated to the decoder's input, and to the
+            encoder's with ``encode_covariates``).
+        batch_embedding_kwargs: Options of that ``nn.Embedding``: ``embedding_dim``
+            (default 5), ``max_norm``, ``norm_type``, ``scale_grad_by_freq``.
         use_batch_norm: Where to use batch norm: ``"encoder"``, ``"decoder"``, ``"both"``,
             ``"none"``.
-        use_layer_norm: Where to use layer norm (same choices).
+        use_layer_norm: Where to use layer norm (same choices; after the batch norm where
+            both are used).
         log_variational: Encode ``log(1 + x)`` rather than ``x``.
+        var_activation: Positive map making the encoder's variance from its raw output,
+            ``var = var_activation(v) + var_eps`` (scVI's head; e.g. ``torch.exp``,
+            ``torch.nn.functional.softplus``). ``None``: the engine's diagonal Gaussian,
+            whose raw output is ``log sd`` (scVI's ``torch.exp`` up to a factor 2 and the
+            ``1e-4`` floor).
+        extra_encoder_kwargs: Encoder options: ``activation_fn`` (an ``nn.Module`` class),
+            ``bias``, ``use_activation``, ``var_eps`` (variance floor, default ``1e-4``).
+        extra_decoder_kwargs: Decoder options: ``activation_fn``, ``bias``,
+            ``use_activation``.
+        extra_payload_autotune: Only ``False``: scvi-tools' autotune payload is not offered.
         q: The encoder's engine family: ``"gaussian_diag"`` (scVI's), ``"gaussian"`` or a
             zuko flow name (``"maf"``, ``"nsf"``, ...).
         q_kwargs: Options of a flow family (``num_transforms``, ``hidden_features``).
+
+    Raises:
+        ValueError: An option outside its choices, a latent library without priors, a
+            variance head on a family other than ``"gaussian_diag"``,
+            ``extra_payload_autotune=True``.
+        TypeError: Unknown keys of ``extra_encoder_kwargs``, ``extra_decoder_kwargs``,
+            ``batch_embedding_kwargs`` or ``q_kwargs``.
     """
 
     def __init__(
@@ -104,20 +149,27 @@ class VAE(nn.Module):
         n_latent: int = 10,
         n_layers: int = 1,
         n_continuous_cov: int = 0,
-        n_cats_per_cov: Sequence[int] = (),
+        n_cats_per_cov: Sequence[int] | None = (),
         dropout_rate: float = 0.1,
         dispersion: Dispersion = "gene",
         gene_likelihood: GeneLikelihood = "zinb",
         latent_distribution: LatentDistribution = "normal",
         *,
         use_observed_lib_size: bool = True,
+        use_size_factor_key: bool = False,
         library_log_means: Tensor | None = None,
         library_log_vars: Tensor | None = None,
         encode_covariates: bool = False,
         deeply_inject_covariates: bool = True,
-        use_batch_norm: str = "both",
-        use_layer_norm: str = "none",
+        batch_representation: BatchRepresentation = "one-hot",
+        batch_embedding_kwargs: dict[str, Any] | None = None,
+        use_batch_norm: Placement = "both",
+        use_layer_norm: Placement = "none",
         log_variational: bool = True,
+        var_activation: Callable[[Tensor], Tensor] | None = None,
+        extra_encoder_kwargs: dict[str, Any] | None = None,
+        extra_decoder_kwargs: dict[str, Any] | None = None,
+        extra_payload_autotune: bool = False,
         q: str = "gaussian_diag",
         q_kwargs: dict[str, Any] | None = None,
     ):
@@ -132,81 +184,86 @@ class VAE(nn.Module):
             "dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell")
         )
         self.gene_likelihood = check_choice(
-            "gene_likelihood", gene_likelihood, ("zinb", "nb", "poisson")
+            "gene_likelihood", gene_likelihood, ("zinb", "nb", "poisson", "normal")
         )
         self.latent_distribution = check_choice(
             "latent_distribution", latent_distribution, ("normal", "ln")
+        )
+        self.batch_representation = check_choice(
+            "batch_representation", batch_representation, ("one-hot", "embedding")
         )
         norms = ("encoder", "decoder", "both", "none")
         check_choice("use_batch_norm", use_batch_norm, norms)
         check_choice("use_layer_norm", use_layer_norm, norms)
         if not 0.0 <= float(dropout_rate) < 1.0:
             raise ValueError(f"`dropout_rate` must lie in [0, 1), got {dropout_rate}.")
-        self.use_observed_lib_size = bool(use_observed_lib_size)
+        if extra_payload_autotune:
+            raise ValueError(
+                "`extra_payload_autotune=True` is not offered: it feeds scvi-tools' autotune "
+                "(ray tune), which sbi_vi does not have; leave it False."
+            )
+        encoder_fc, variance = encoder_options(extra_encoder_kwargs)
+        decoder_fc = decoder_options(extra_decoder_kwargs)
+        self.use_size_factor_key = bool(use_size_factor_key)
+        self.use_observed_lib_size = self.use_size_factor_key or bool(use_observed_lib_size)
         self.encode_covariates = bool(encode_covariates)
         self.log_variational = bool(log_variational)
-        self.n_cats_per_cov = tuple(int(n) for n in n_cats_per_cov)
+        self.n_cats_per_cov = tuple(int(n) for n in (n_cats_per_cov or ()))
         self.n_continuous_cov = int(n_continuous_cov)
-        cats = (self.n_batch, *self.n_cats_per_cov)
-
         if not self.use_observed_lib_size:
-            if library_log_means is None or library_log_vars is None:
-                raise ValueError(
-                    "A latent library size (`use_observed_lib_size=False`) needs "
-                    "`library_log_means` and `library_log_vars` (per batch)."
-                )
-            for name, value in (("means", library_log_means), ("vars", library_log_vars)):
-                if torch.as_tensor(value).shape != (self.n_batch,):
-                    raise ValueError(
-                        f"`library_log_{name}` must have shape [{self.n_batch}] (one per "
-                        f"batch), got {tuple(torch.as_tensor(value).shape)}."
-                    )
-            self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float())
-            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float())
+            self._register_library_priors(library_log_means, library_log_vars)
+
+        self.batch_embedding = (
+            batch_embedding(self.n_batch, batch_embedding_kwargs)
+            if self.batch_representation == "embedding"
+            else None
+        )
+        if self.batch_embedding is None and batch_embedding_kwargs:
+            raise ValueError(
+                "`batch_embedding_kwargs` applies to `batch_representation='embedding'`; got "
+                f"{batch_representation!r}."
+            )
+        n_batch_features = (
+            0 if self.batch_embedding is None else self.batch_embedding.embedding_dim
+        )
+        # the categorical codes injected into the layers: the batch (one-hot) and covariates
+        self._cats = (
+            (self.n_batch,) if self.batch_embedding is None else ()
+        ) + self.n_cats_per_cov
+        n_features = self.n_continuous_cov + n_batch_features  # concatenated to the input
 
         # Encoder: the engine family over u = [z, log ℓ], its body as embedding net.
-        n_encoder_in = self.n_input + (
-            sum(cats) + self.n_continuous_cov if self.encode_covariates else 0
-        )
-        body = FCLayers(
-            n_encoder_in,
-            n_hidden,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
-            use_batch_norm=use_batch_norm in ("encoder", "both"),
-            use_layer_norm=use_layer_norm in ("encoder", "both"),
-            inject_covariates=deeply_inject_covariates,
-        )
+        layer_options = {
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "use_batch_norm": use_batch_norm in ("encoder", "both"),
+            "use_layer_norm": use_layer_norm in ("encoder", "both"),
+            "inject_covariates": deeply_inject_covariates,
+            **encoder_fc,
+        }
+        if self.encode_covariates:
+            body: nn.Module = CovariateBody(
+                self.n_input + n_features, n_hidden, self._cats, **layer_options
+            )
+        else:
+            body = FCLayers(self.n_input, n_hidden, **layer_options)
         self.latent_size = self.n_latent + (0 if self.use_observed_lib_size else 1)
-        shift = torch.zeros(self.latent_size)
-        if not self.use_observed_lib_size:
-            shift[-1] = float(self.library_log_means.mean())
-        q_kwargs = dict(q_kwargs or {})
-        self.encoder = build_family(
-            q,
-            event_size=self.latent_size,
-            shift=shift,
-            context_size=n_hidden,
-            num_transforms=q_kwargs.pop("num_transforms", 3),
-            hidden_features=q_kwargs.pop("hidden_features", n_hidden),
-            direction=q_kwargs.pop("direction", "sample"),
-            embedding_net=body,
-            context_layers=0,
-        )
-        if q_kwargs:
-            raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
+        self.encoder = encoder_family(
+            q, q_kwargs, self.latent_size, n_hidden, body, self._library_shift(),
+            var_activation, variance,
+        )  # fmt: skip
 
         # Decoder: z (and covariates) -> normalised expression, dispersion, dropout.
         self.decoder = FCLayers(
-            self.n_latent,
+            self.n_latent + n_features,
             n_hidden,
-            n_cats=cats,
-            n_cont=self.n_continuous_cov,
+            n_cats=self._cats,
             n_layers=n_layers,
             dropout_rate=0.0,
             use_batch_norm=use_batch_norm in ("decoder", "both"),
             use_layer_norm=use_layer_norm in ("decoder", "both"),
             inject_covariates=deeply_inject_covariates,
+            **decoder_fc,
         )
         self.px_scale_decoder = nn.Linear(n_hidden, self.n_input)
         self.px_dropout_decoder = (
@@ -218,19 +275,55 @@ class VAE(nn.Module):
             columns = {"gene": 1, "gene-batch": self.n_batch, "gene-label": self.n_labels}
             self.px_r = nn.Parameter(torch.randn(self.n_input, columns[self.dispersion]))
 
+    def _register_library_priors(self, means: Tensor | None, variances: Tensor | None) -> None:
+        if means is None or variances is None:
+            raise ValueError(
+                "A latent library size (`use_observed_lib_size=False`) needs "
+                "`library_log_means` and `library_log_vars` (per batch)."
+            )
+        for name, value in (("means", means), ("vars", variances)):
+            if torch.as_tensor(value).shape != (self.n_batch,):
+                raise ValueError(
+                    f"`library_log_{name}` must have shape [{self.n_batch}] (one per "
+                    f"batch), got {tuple(torch.as_tensor(value).shape)}."
+                )
+        self.register_buffer("library_log_means", torch.as_tensor(means).float())
+        self.register_buffer("library_log_vars", torch.as_tensor(variances).float())
+
+    def _library_shift(self) -> Tensor:
+        shift = torch.zeros(self.latent_size)
+        if not self.use_observed_lib_size:
+            shift[-1] = float(self.library_log_means.mean())
+        return shift
+
     # -- inference ---------------------------------------------------------------------
 
     def encoder_context(self, batch: CellBatch) -> Tensor:
-        """The encoder's context for the cells of ``batch``, ``[B, n_encoder_in]``."""
+        """The encoder's context for the cells of ``batch``, ``[B, n_context]``.
+
+        ``log(1 + x)`` (or ``x``); with ``encode_covariates`` then the continuous
+        covariates, the batch embedding, and the categorical codes as the last columns
+        (read by :class:`~sbi_vi.singlecell.nn.CovariateBody`).
+        """
         h = torch.log1p(batch.x) if self.log_variational else batch.x
         if not self.encode_covariates:
             return h
-        parts = [h, F.one_hot(batch.batch_index, self.n_batch).to(h.dtype)]
-        for i, n in enumerate(self.n_cats_per_cov):
-            parts.append(F.one_hot(batch.cat_covs[:, i], n).to(h.dtype))
+        parts = [h]
         if self.n_continuous_cov:
-            parts.append(batch.cont_covs)
+            parts.append(batch.cont_covs.to(h.dtype))
+        if self.batch_embedding is not None:
+            parts.append(self.batch_embedding(batch.batch_index).to(h.dtype))
+        codes = self._codes(batch.batch_index, batch)
+        if codes:
+            parts.append(torch.stack(codes, -1).to(h.dtype))
         return torch.cat(parts, -1)
+
+    def _codes(self, batch_index: Tensor, batch: CellBatch) -> list[Tensor]:
+        """The codes injected into the layers, in the order of ``self._cats``."""
+        codes = [batch_index] if self.batch_embedding is None else []
+        if self.n_cats_per_cov:
+            codes.extend(batch.cat_covs.unbind(-1))
+        return codes
 
     def q(self, batch: CellBatch) -> Distribution:
         """q(u | x) with batch shape ``[B]`` and event shape ``[latent_size]``."""
@@ -250,9 +343,18 @@ class VAE(nn.Module):
         return z, u[..., self.n_latent]
 
     def observed_log_library(self, batch: CellBatch) -> Tensor:
-        """``log Σ_g x_g``, or ``log`` of the declared size factor, ``[B]``."""
-        if batch.size_factor is not None:
-            return batch.size_factor.log()
+        """``log Σ_g x_g``, or ``log`` of the size factor with ``use_size_factor_key``, ``[B]``.
+
+        Raises:
+            ValueError: With ``use_size_factor_key`` and a minibatch without size factors.
+        """
+        if self.use_size_factor_key:
+            if batch.size_factor is None:
+                raise ValueError(
+                    "`use_size_factor_key=True` needs the cells' size factors; set them up "
+                    "with `setup_anndata(adata, size_factor_key=...)`."
+                )
+            return batch.size_factor.to(batch.x.dtype).log()
         return batch.x.sum(-1).clamp(min=1.0).log()
 
     # -- generative --------------------------------------------------------------------
@@ -275,16 +377,19 @@ class VAE(nn.Module):
         """
         lead = z.shape[:-1]
         batch_index = batch.batch_index if transform_batch is None else transform_batch
-        codes = [batch_index, *batch.cat_covs.unbind(-1)] if self.n_cats_per_cov else [batch_index]
         flat = z.reshape(-1, z.shape[-1])
         reps = flat.shape[0] // batch_index.shape[0]
-        codes = [c.repeat(reps) for c in codes]
-        cont = batch.cont_covs.repeat(reps, 1) if self.n_continuous_cov else None
-        h = self.decoder(flat, codes, cont)
+        inputs = [flat]
+        if self.n_continuous_cov:
+            inputs.append(batch.cont_covs.to(flat.dtype).repeat(reps, 1))
+        if self.batch_embedding is not None:
+            inputs.append(self.batch_embedding(batch_index).to(flat.dtype).repeat(reps, 1))
+        codes = [c.repeat(reps) for c in self._codes(batch_index, batch)]
+        h = self.decoder(torch.cat(inputs, -1) if len(inputs) > 1 else flat, codes)
         logits = self.px_scale_decoder(h).reshape(*lead, self.n_input)
         if self.gene_likelihood == "poisson":
-            px_scale = torch.softmax(logits, -1)
-            return Poisson(torch.exp(log_library).unsqueeze(-1) * px_scale, scale=px_scale)
+            px_scale, mu = self._scale_and_mean(logits, log_library)
+            return Poisson(mu, scale=px_scale)
         if self.dispersion == "gene-cell":
             theta = torch.exp(self.px_r_decoder(h)).reshape(*lead, self.n_input)
         elif self.dispersion == "gene":
@@ -292,13 +397,27 @@ class VAE(nn.Module):
         else:
             index = batch_index if self.dispersion == "gene-batch" else batch.labels
             theta = torch.exp(self.px_r.T[index])  # [B, G]
-        if self.gene_likelihood == "nb":
+        if self.gene_likelihood == "normal":
+            px_scale, mu = self._scale_and_mean(logits, log_library)
+            return NormalLikelihood(mu, theta, px_scale)
+        zi_logits = None
+        if self.px_dropout_decoder is not None:
+            zi_logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
+        if self.use_size_factor_key:  # softplus scale: μ formed explicitly
+            px_scale, mu = self._scale_and_mean(logits, log_library)
+            if zi_logits is None:
+                return NegativeBinomial(mu, theta, px_scale)
+            return ZeroInflatedNegativeBinomial(mu, theta, zi_logits, px_scale)
+        if zi_logits is None:
             return NegativeBinomial(None, theta, logits=logits, log_library=log_library)
-        assert self.px_dropout_decoder is not None
-        zi_logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
         return ZeroInflatedNegativeBinomial(
             None, theta, zi_logits, logits=logits, log_library=log_library
         )
+
+    def _scale_and_mean(self, logits: Tensor, log_library: Tensor) -> tuple[Tensor, Tensor]:
+        """``(ρ, ℓ ρ)``: ρ the softmax of the logits, or their softplus with size factors."""
+        px_scale = F.softplus(logits) if self.use_size_factor_key else torch.softmax(logits, -1)
+        return px_scale, torch.exp(log_library).unsqueeze(-1) * px_scale
 
     def log_prior(self, u: Tensor, batch: CellBatch) -> Tensor:
         """log p(z) (+ log p(log ℓ | batch)) of draws ``u`` ``[*S, B, latent_size]``."""

@@ -1,4 +1,5 @@
-"""The fully connected blocks of the encoder and decoder, with covariate injection.
+"""The blocks of the encoder and decoder: fully connected layers with covariate injection,
+the encoder body that reads covariate codes from its context, and scVI's variance head.
 
 A categorical covariate enters a layer as a one-hot vector concatenated to its input
 (scVI's convention); :class:`FCLayers` computes the same thing without building the one-hot
@@ -8,20 +9,39 @@ linear layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-__all__ = ["FCLayers"]
+from sbi_vi._checks import check_positive_float, check_positive_int
+from sbi_vi.vi.families import DiagonalGaussian, build_family
+from sbi_vi.vi.families.gaussian import DiagonalGaussianDistribution
+
+__all__ = [
+    "ActivatedDiagonalGaussian",
+    "CovariateBody",
+    "FCLayers",
+    "batch_embedding",
+    "decoder_options",
+    "encoder_family",
+    "encoder_options",
+]
+
+# The keys of scvi-tools' Encoder / DecoderSCVI / FCLayers that its VAE does not set itself
+# (the others — n_layers, n_hidden, dropout_rate, use_batch_norm, ... — are SCVI arguments).
+_FC_KEYS = ("activation_fn", "bias", "use_activation")
+_ENCODER_KEYS = (*_FC_KEYS, "var_eps")
 
 
 class _InjectedLinear(nn.Module):
     """``Linear`` of ``[h, onehot(c_1), ..., onehot(c_k), cont]`` without the one-hots."""
 
-    def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int], n_cont: int):
+    def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int], n_cont: int, bias: bool):
         super().__init__()
-        self.linear = nn.Linear(n_in + n_cont, n_out)
+        self.linear = nn.Linear(n_in + n_cont, n_out, bias=bias)
         self.embeddings = nn.ModuleList(nn.Embedding(n, n_out) for n in n_cats)
         for emb in self.embeddings:  # as the one-hot columns of the linear layer
             bound = 1.0 / (n_in + n_cont + sum(n_cats)) ** 0.5
@@ -36,8 +56,18 @@ class _InjectedLinear(nn.Module):
         return out
 
 
+def _norm(n_out: int, use_batch_norm: bool, use_layer_norm: bool) -> nn.Module:
+    """BatchNorm then LayerNorm, as scVI stacks them when both are asked for."""
+    batch_norm = nn.BatchNorm1d(n_out, momentum=0.01, eps=1e-3) if use_batch_norm else None
+    layer_norm = nn.LayerNorm(n_out, elementwise_affine=False) if use_layer_norm else None
+    if batch_norm is not None and layer_norm is not None:
+        return nn.Sequential(batch_norm, layer_norm)
+    return batch_norm or layer_norm or nn.Identity()
+
+
 class FCLayers(nn.Module):
-    """``n_layers`` of ``Linear → BatchNorm/LayerNorm → ReLU → Dropout`` with covariates.
+    """``n_layers`` of ``Linear → BatchNorm → LayerNorm → activation → Dropout`` with
+    covariates (scvi-tools' ``FCLayers``).
 
     Args:
         n_in: Input features.
@@ -47,8 +77,15 @@ class FCLayers(nn.Module):
         n_layers: Number of layers.
         dropout_rate: Dropout after each layer (0: none).
         use_batch_norm: Batch normalisation (scVI: momentum 0.01, eps 1e-3).
-        use_layer_norm: Layer normalisation (without affine parameters, as scVI).
+        use_layer_norm: Layer normalisation (without affine parameters, as scVI); after the
+            batch normalisation when both are used.
         inject_covariates: Covariates enter every layer; otherwise the first only.
+        activation_fn: The activation's ``nn.Module`` class (one instance per layer).
+        bias: Learn the linear layers' biases.
+        use_activation: Apply the activation (False: affine layers, then norms and dropout).
+
+    Raises:
+        TypeError: If ``activation_fn`` is not an ``nn.Module`` class.
 
     Example:
         >>> fc = FCLayers(5, 8, n_cats=[3])
@@ -68,11 +105,20 @@ class FCLayers(nn.Module):
         use_batch_norm: bool = True,
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        bias: bool = True,
+        use_activation: bool = True,
     ):
         super().__init__()
+        if not (isinstance(activation_fn, type) and issubclass(activation_fn, nn.Module)):
+            raise TypeError(
+                "`activation_fn` must be an nn.Module class such as torch.nn.ReLU (called once "
+                f"per layer), got {activation_fn!r}."
+            )
         n_cats = [int(n) for n in n_cats]
         self.layers = nn.ModuleList()
         self.norms = nn.ModuleList()
+        self.activations = nn.ModuleList()
         self.inject = []
         for i in range(n_layers):
             inject = i == 0 or inject_covariates
@@ -83,23 +129,201 @@ class FCLayers(nn.Module):
                     n_out,
                     n_cats if inject else (),
                     n_cont if inject else 0,
+                    bool(bias),
                 )
             )
-            if use_batch_norm:
-                self.norms.append(nn.BatchNorm1d(n_out, momentum=0.01, eps=1e-3))
-            elif use_layer_norm:
-                self.norms.append(nn.LayerNorm(n_out, elementwise_affine=False))
-            else:
-                self.norms.append(nn.Identity())
+            self.norms.append(_norm(n_out, use_batch_norm, use_layer_norm))
+            self.activations.append(activation_fn() if use_activation else nn.Identity())
         self.n_cats = n_cats
-        self.activation = nn.ReLU()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
 
     def forward(
         self, h: Tensor, cats: Sequence[Tensor] = (), cont: Tensor | None = None
     ) -> Tensor:
         """``h`` ``[N, n_in]``, codes ``cats`` each ``[N]``, ``cont`` ``[N, n_cont]``."""
-        for layer, norm, inject in zip(self.layers, self.norms, self.inject, strict=True):
+        blocks = zip(self.layers, self.norms, self.activations, self.inject, strict=True)
+        for layer, norm, activation, inject in blocks:
             h = layer(h, cats if inject else (), cont if inject else None)
-            h = self.dropout(self.activation(norm(h)))
+            h = self.dropout(activation(norm(h)))
         return h
+
+
+class CovariateBody(nn.Module):
+    """The encoder body with covariates: :class:`FCLayers` over a packed context.
+
+    An engine family hands its embedding net one context tensor, so the categorical codes
+    travel as its last ``len(n_cats)`` columns (small integers, exact in float32) and enter
+    every layer as in scVI's encoder with ``encode_covariates``.
+
+    Args:
+        n_features: Leading columns of the context (expression and continuous covariates).
+        n_out: Hidden width.
+        n_cats: Categories of each code column.
+        **fc_kwargs: Options of :class:`FCLayers`.
+
+    Example:
+        >>> body = CovariateBody(5, 8, n_cats=[3])
+        >>> body(torch.cat([torch.zeros(4, 5), torch.tensor([[0.0], [1], [2], [0]])], -1)).shape
+        torch.Size([4, 8])
+    """
+
+    def __init__(self, n_features: int, n_out: int, n_cats: Sequence[int], **fc_kwargs: Any):
+        super().__init__()
+        self.n_features = int(n_features)
+        self.fc = FCLayers(self.n_features, n_out, n_cats, **fc_kwargs)
+
+    def forward(self, context: Tensor) -> Tensor:
+        """``context`` ``[N, n_features + n_codes]`` → features ``[N, n_out]``."""
+        features = context[..., : self.n_features]
+        codes = context[..., self.n_features :].long().unbind(-1)
+        return self.fc(features, codes)
+
+
+class ActivatedDiagonalGaussian(DiagonalGaussian):
+    """The diagonal Gaussian encoder with scVI's variance head.
+
+    scVI's ``Encoder`` makes its variance ``var_activation(v) + var_eps`` from the raw output
+    ``v`` and draws with standard deviation ``sqrt(var)``; the engine's
+    :class:`~sbi_vi.vi.families.DiagonalGaussian` (the default) reads ``v`` as ``log sd``.
+
+    Args:
+        *args: As :class:`~sbi_vi.vi.families.DiagonalGaussian`.
+        var_activation: Positive map of the raw variance output (``torch.exp``,
+            ``torch.nn.functional.softplus``, ...).
+        var_eps: Floor added to the variance.
+        **kwargs: As :class:`~sbi_vi.vi.families.DiagonalGaussian`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        var_activation: Callable[[Tensor], Tensor] = torch.exp,
+        var_eps: float = 1e-4,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        if not callable(var_activation):
+            raise TypeError(
+                "`var_activation` must be a callable tensor -> tensor (e.g. torch.exp), got "
+                f"{type(var_activation).__name__}."
+            )
+        self.var_activation = var_activation
+        self.var_eps = check_positive_float("var_eps", var_eps, allow_zero=True)
+
+    def base(self, context: Tensor | None = None) -> Distribution:
+        raw = self._raw(context)
+        d = self.event_size
+        var = self.var_activation(raw[..., d:]) + self.var_eps
+        return DiagonalGaussianDistribution(raw[..., :d], var.sqrt())
+
+
+def _split_options(where: str, options: Mapping[str, Any] | None, known: Sequence[str]) -> dict:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"`{where}` must be a dict, got {type(options).__name__}.")
+    options = dict(options)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"`{where}` got unexpected key(s) {', '.join(map(repr, unknown))}; accepted: "
+            f"{', '.join(known)}. Widths, depths, dropout and norms are SCVI arguments "
+            "(n_hidden, n_layers, dropout_rate, use_batch_norm, use_layer_norm, ...)."
+        )
+    return options
+
+
+def encoder_options(extra_encoder_kwargs: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """``extra_encoder_kwargs`` split into ``(FCLayers options, variance options)``.
+
+    Raises:
+        TypeError: For keys scvi-tools' ``Encoder`` would not take from this dict (naming
+            them and the accepted ones).
+    """
+    options = _split_options("extra_encoder_kwargs", extra_encoder_kwargs, _ENCODER_KEYS)
+    variance = {"var_eps": options.pop("var_eps")} if "var_eps" in options else {}
+    return options, variance
+
+
+def decoder_options(extra_decoder_kwargs: Mapping[str, Any] | None) -> dict:
+    """``extra_decoder_kwargs`` as :class:`FCLayers` options.
+
+    Raises:
+        TypeError: For keys scvi-tools' ``DecoderSCVI`` would not take from this dict.
+    """
+    return _split_options("extra_decoder_kwargs", extra_decoder_kwargs, _FC_KEYS)
+
+
+_EMBEDDING_KEYS = ("embedding_dim", "max_norm", "norm_type", "scale_grad_by_freq")
+
+
+def batch_embedding(n_batch: int, options: dict[str, Any] | None) -> nn.Embedding:
+    """scvi-tools' batch embedding: ``nn.Embedding(n_batch, embedding_dim=5, ...)``.
+
+    Raises:
+        TypeError: For keys other than ``embedding_dim``, ``max_norm``, ``norm_type``,
+            ``scale_grad_by_freq``.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_EMBEDDING_KEYS))
+    if unknown:
+        raise TypeError(
+            f"`batch_embedding_kwargs` got unexpected key(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(_EMBEDDING_KEYS)}."
+        )
+    dim = check_positive_int(
+        "batch_embedding_kwargs['embedding_dim']", options.pop("embedding_dim", 5)
+    )
+    return nn.Embedding(n_batch, dim, **options)
+
+
+def encoder_family(
+    q: str,
+    q_kwargs: dict[str, Any] | None,
+    latent_size: int,
+    n_hidden: int,
+    body: nn.Module,
+    shift: Tensor,
+    var_activation: Callable[[Tensor], Tensor] | None,
+    variance: dict[str, Any],
+) -> nn.Module:
+    """The encoder: the engine family ``q`` on the body's features (scVI's variance head
+    with ``var_activation`` or ``var_eps``).
+
+    Raises:
+        ValueError: A variance head on a family other than ``"gaussian_diag"``.
+        TypeError: Unknown ``q_kwargs``.
+    """
+    q_kwargs = dict(q_kwargs or {})
+    if var_activation is not None or variance:
+        if q != "gaussian_diag":
+            raise ValueError(
+                "`var_activation` and `extra_encoder_kwargs['var_eps']` shape the variance of "
+                f"the diagonal Gaussian encoder (q='gaussian_diag'); got q={q!r}."
+            )
+        if q_kwargs:
+            raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
+        return ActivatedDiagonalGaussian(
+            latent_size,
+            shift=shift,
+            context_size=n_hidden,
+            hidden_features=n_hidden,
+            context_layers=0,
+            embedding_net=body,
+            var_activation=torch.exp if var_activation is None else var_activation,
+            **variance,
+        )
+    family = build_family(
+        q,
+        event_size=latent_size,
+        shift=shift,
+        context_size=n_hidden,
+        num_transforms=q_kwargs.pop("num_transforms", 3),
+        hidden_features=q_kwargs.pop("hidden_features", n_hidden),
+        direction=q_kwargs.pop("direction", "sample"),
+        embedding_net=body,
+        context_layers=0,
+    )
+    if q_kwargs:
+        raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
+    return family
