@@ -4,6 +4,11 @@ An init function receives the site's message while the model runs once (vectoris
 one particle, subsampled plates at full size), after earlier sites were initialised, and
 returns a value in the site's support with the shape of a draw, ``fn.batch_shape +
 fn.event_shape``. Names follow Pyro and NumPyro.
+
+The strategies that draw from the prior (``init_to_sample``, ``init_to_median``,
+``init_to_mean``) fall back to :func:`init_to_feasible` on a site whose distribution cannot
+be sampled (its ``sample`` raises ``NotImplementedError``, as an improper flat prior's does),
+so a model with unprioritised parameters is set up without being sampled, as in Pyro.
 """
 
 from __future__ import annotations
@@ -38,19 +43,29 @@ def init_to_feasible(msg: Message) -> Tensor:
 
 
 def init_to_sample(msg: Message) -> Tensor:
-    """A draw from the site's prior (given the initial values of earlier sites)."""
-    return msg.fn.sample()
+    """A draw from the site's prior (given the initial values of earlier sites).
+
+    Falls back to :func:`init_to_feasible` where the prior cannot be sampled.
+    """
+    try:
+        return msg.fn.sample()
+    except NotImplementedError:
+        return init_to_feasible(msg)
 
 
 def init_to_median(msg: Message | None = None, *, num_samples: int = 15) -> Tensor | InitFn:
     """The element-wise median of ``num_samples`` prior draws (Pyro's default).
 
     Call with keyword arguments only to get a configured function:
-    ``init_to_median(num_samples=31)``.
+    ``init_to_median(num_samples=31)``. Falls back to :func:`init_to_feasible` where the
+    prior cannot be sampled.
     """
     if msg is None:
         return partial(init_to_median, num_samples=num_samples)
-    draws = msg.fn.sample((num_samples,))
+    try:
+        draws = msg.fn.sample((num_samples,))
+    except NotImplementedError:
+        return init_to_feasible(msg)
     value = draws.median(0).values
     if not bool(msg.fn.support.check(value).all()):  # e.g. the median of simplex draws
         return draws[0]
@@ -58,7 +73,8 @@ def init_to_median(msg: Message | None = None, *, num_samples: int = 15) -> Tens
 
 
 def init_to_mean(msg: Message) -> Tensor:
-    """The prior mean where it is finite and in the support, else the median."""
+    """The prior mean where it is finite and in the support, else the median (or, where the
+    prior cannot be sampled either, :func:`init_to_feasible`)."""
     try:
         value = msg.fn.mean.expand(msg.fn.batch_shape + msg.fn.event_shape)
     except NotImplementedError:

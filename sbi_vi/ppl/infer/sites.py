@@ -4,6 +4,10 @@
 subsampled plate at its full size and each latent site set to an initial value; the result
 (:class:`ModelInfo`) fixes the shapes, supports and plates that autoguides, ``SVI`` and the
 summaries rely on (like the prototype trace of Pyro's autoguides).
+
+Neither run draws a latent site whose prior cannot be sampled (an improper flat prior, see
+:class:`~sbi_vi.ppl.distributions.ImproperUniform`): such a site starts at
+:func:`~sbi_vi.ppl.infer.init.init_to_feasible` unless the init strategy gives it a value.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from torch.distributions.constraints import Constraint
 from torch.distributions.transforms import ExpTransform, IndependentTransform, Transform
 
 from sbi_vi.ppl.handlers import block, seed, trace
+from sbi_vi.ppl.infer.init import init_to_feasible
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.ppl.particles import PARTICLE_PLATE
 from sbi_vi.ppl.plate import _subsample_indices
-from sbi_vi.ppl.runtime import Message, PlateFrame
+from sbi_vi.ppl.runtime import Message, PlateFrame, _draw
 
 __all__ = [
     "LatentSite",
@@ -168,7 +173,9 @@ def inspect_model(
     The first run finds the plates and ``K``; the second, vectorised over one particle with
     every subsampled plate at its full size, records each latent site's shape and support
     and sets it to ``init_loc_fn(msg)`` (a draw from its prior if ``None``), so later sites
-    see initialised upstream values.
+    see initialised upstream values. A site whose prior cannot be sampled is set to
+    :func:`~sbi_vi.ppl.infer.init.init_to_feasible` in the first run, and in the second
+    when ``init_loc_fn`` is ``None``.
 
     Args:
         model: The model.
@@ -182,11 +189,15 @@ def inspect_model(
         The :class:`ModelInfo`.
 
     Raises:
-        ValueError: If a latent site has a discrete support.
+        ValueError: If a latent site has a discrete support or a support that no bijection
+            from unconstrained space reaches, if ``init_loc_fn`` tries to sample a prior that
+            cannot be sampled, or if an initial value is not strictly inside its support or
+            has the wrong shape.
     """
     store = ParamStore() if store is None else store
+    discover = ModelRunner(store=store, log_joint=False, init_fn=_draw_or_feasible)
     with block(), seed(rng_seed=rng_seed):
-        first = trace(ModelRunner(store=store, log_joint=False)(model)).get_trace(*args, **kwargs)
+        first = trace(discover(model)).get_trace(*args, **kwargs)
     k = max((-f.dim for msg in first.values() for f in _frames(msg)), default=0)
     plates = {
         name: PlateInfo(name, int(msg.args[0]), int(msg.value.shape[0]), _plate_dim(first, name))
@@ -198,7 +209,7 @@ def inspect_model(
         store=store,
         max_plate_nesting=k,
         log_joint=False,
-        init_fn=init_loc_fn,
+        init_fn=_draw_or_feasible if init_loc_fn is None else _guarded(init_loc_fn),
     )
     with block(), seed(rng_seed=rng_seed), torch.no_grad():
         with trace() as tr, runner, particle_plate(1, k):
@@ -217,8 +228,11 @@ def inspect_model(
         value = msg.value.detach()
         shape = tuple(value.shape[1:])
         support = fn.support
-        transform = bijector(support)
-        ushape = shape if transform is None else tuple(transform.inverse_shape(shape))
+        transform = _site_bijector(name, fn)
+        _check_init(name, fn, value, transform)
+        # With the particle dim, so that support parameters of batch shape [1, *batch]
+        # (an expanded Uniform's bounds) do not add a leading dim to the event's shape.
+        ushape = shape if transform is None else tuple(transform.inverse_shape(value.shape))[1:]
         frames = _frames(msg)
         latent[name] = LatentSite(
             name=name,
@@ -242,6 +256,63 @@ def inspect_model(
             n: _frames(m) for n, m in tr.items() if m.type in ("sample", "deterministic")
         },
     )
+
+
+def _draw_or_feasible(msg: Message) -> Tensor:
+    """A draw from the site's prior, or :func:`init_to_feasible` where it cannot be drawn."""
+    try:
+        return _draw(msg.fn, msg.kwargs.get("sample_shape", ()))
+    except NotImplementedError:
+        return init_to_feasible(msg)
+
+
+def _guarded(init_loc_fn: Callable[[Message], Tensor]) -> Callable[[Message], Tensor]:
+    """``init_loc_fn`` with its sampling failures turned into an error giving the remedy."""
+
+    def init(msg: Message) -> Tensor:
+        try:
+            return init_loc_fn(msg)
+        except NotImplementedError as err:
+            name = getattr(init_loc_fn, "__name__", type(init_loc_fn).__name__)
+            raise ValueError(
+                f"latent site {msg.name!r}: the init strategy {name} failed on "
+                f"{type(msg.fn).__name__}, which cannot be sampled ({err}). Use "
+                "`init_loc_fn=init_to_feasible`, or `init_to_value(values={...})` with a value "
+                "for this site."
+            ) from err
+
+    return init
+
+
+def _site_bijector(name: str, fn: Any) -> Transform | None:
+    try:
+        return bijector(fn.support)
+    except NotImplementedError:
+        raise ValueError(
+            f"latent site {name!r}: no bijection from unconstrained space onto the support "
+            f"{fn.support} of {type(fn).__name__} is registered with "
+            "torch.distributions.biject_to, so no autoguide can reach it. Reparametrise the "
+            "site onto a registered support (real, positive, interval, simplex, "
+            "corr_cholesky, ...)."
+        ) from None
+
+
+def _check_init(name: str, fn: Any, value: Tensor, transform: Transform | None) -> None:
+    """An initial value ``[1, *shape]`` must have the draw's shape and map to finite ``u``."""
+    expected = tuple(fn.batch_shape + fn.event_shape)
+    if tuple(value.shape) != expected:
+        raise ValueError(
+            f"latent site {name!r}: its initial value has shape {tuple(value.shape)}, but a "
+            f"draw of {type(fn).__name__} there has shape {expected} (with the particle "
+            "dim first). Check the value given to init_to_value or the init strategy."
+        )
+    u = value if transform is None else transform.inv(value)
+    if not bool(torch.isfinite(u).all()):
+        raise ValueError(
+            f"latent site {name!r}: its initial value is not strictly inside the support "
+            f"{fn.support} of {type(fn).__name__} (or is not finite). Give a value inside it "
+            "to init_to_value, or use `init_loc_fn=init_to_feasible`."
+        )
 
 
 def _plate_dim(tr: Any, name: str) -> int:
