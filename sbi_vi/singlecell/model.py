@@ -51,7 +51,8 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
         n_layers: Hidden layers of encoder and decoder.
         dropout_rate: Dropout of the encoder.
         dispersion: ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
-        gene_likelihood: ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        gene_likelihood: ``"zinb"``, ``"nb"``, ``"poisson"``, or ``"normal"`` (a Gaussian, for
+            log-normalised data).
         latent_distribution: ``"normal"`` or ``"ln"`` (logistic normal).
         divergence: ``"rKL"``, ``"IW"`` or ``"alpha"``.
         divergence_kwargs: Options of the divergence (``K``, ``dreg``, ``alpha``,
@@ -90,7 +91,7 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
-        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        gene_likelihood: Literal["zinb", "nb", "poisson", "normal"] = "zinb",
         latent_distribution: Literal["normal", "ln"] = "normal",
         divergence: str = "rKL",
         divergence_kwargs: dict[str, Any] | None = None,

@@ -459,7 +459,10 @@ class VAE(nn.Module):
         """
         context = self.encoder_context(batch) if q is None or path_derivative else None
         u, log_q = rsample_and_log_prob(self.encoder(context) if q is None else q, (n_particles,))
-        log_q_grad = detached_log_prob(self.encoder, u, context) if path_derivative else None
+        # the context is detached too: with a batch embedding it carries parameters of q
+        log_q_grad = (
+            detached_log_prob(self.encoder, u, context.detach()) if path_derivative else None
+        )
         z, log_library = self.split(u, batch)
         px = self.generative(z, log_library, batch)
         log_px = px.log_prob_sum(batch.x, gamma_terms=gamma_terms)
