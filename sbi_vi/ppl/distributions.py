@@ -311,6 +311,16 @@ def _log_ndtr_masked(z: Tensor, inf_value: float) -> Tensor:
     return torch.where(finite, torch.special.log_ndtr(torch.where(finite, z, 0.0)), inf_value)
 
 
+def _log_diff_ndtr(lo: Tensor, hi: Tensor) -> Tensor:
+    """``log(Φ(hi) − Φ(lo))`` for ``lo ≤ hi``, as ``log(Φ(−lo) − Φ(−hi))`` where ``lo > 0``
+    (two numbers near 1 would cancel; two in the left tail keep their digits)."""
+    flip = lo > 0
+    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_lo = _log_ndtr_masked(lo, -math.inf)
+    log_hi = _log_ndtr_masked(hi, 0.0)
+    return log_hi + _log1mexp(log_lo - log_hi)
+
+
 def _log1mexp(x: Tensor) -> Tensor:
     """``log(1 - exp(x))`` for ``x ≤ 0``, accurate at both ends."""
     near = x > -_LOG_2
@@ -396,24 +406,21 @@ class TruncatedNormal(Distribution):
             return constraints.less_than(self.high)
         return constraints.real
 
-    def _bounds(self) -> tuple[Tensor, Tensor]:
-        return (self.low - self.loc) / self.scale, (self.high - self.loc) / self.scale
+    def _standardise(self, bound: Tensor) -> Tensor:
+        # An infinite bound stays a constant: (inf - loc) / scale would pass 0 * inf = nan
+        # to the gradients of loc and scale.
+        finite = torch.isfinite(bound)
+        z = (torch.where(finite, bound, 0.0) - self.loc) / self.scale
+        return torch.where(finite, z, bound)
 
-    def _log_z_frame(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(flip, log Φ(lo), log Φ(hi), log Z)`` in the frame where ``lo ≤ 0``-side
-        precision holds: the bounds are negated (``[−β, −α]``) where ``α > 0``."""
-        alpha, beta = self._bounds()
-        flip = alpha > 0
-        lo = torch.where(flip, -beta, alpha)
-        hi = torch.where(flip, -alpha, beta)
-        log_lo = _log_ndtr_masked(lo, -math.inf)
-        log_hi = _log_ndtr_masked(hi, 0.0)
-        return flip, log_lo, log_hi, log_hi + _log1mexp(log_lo - log_hi)
+    def _bounds(self) -> tuple[Tensor, Tensor]:
+        return self._standardise(self.low), self._standardise(self.high)
 
     @property
     def log_normalizer(self) -> Tensor:
         """``log Z = log(Φ(β) − Φ(α))``, shape ``batch_shape``."""
-        return self._log_z_frame()[3]
+        alpha, beta = self._bounds()
+        return _log_diff_ndtr(alpha, beta)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -425,28 +432,29 @@ class TruncatedNormal(Distribution):
 
     def rsample(self, sample_shape: Any = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        flip, log_lo, _, log_z = self._log_z_frame()
-        tiny = torch.finfo(self.loc.dtype).tiny
-        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(min=tiny)
-        log_p = torch.logaddexp(log_lo.expand(shape), torch.log(u) + log_z)
-        z = torch.special.ndtri(log_p.exp().clamp(max=1.0 - torch.finfo(u.dtype).eps / 2))
-        z = torch.where(flip, -z, z)
-        alpha, beta = self._bounds()
-        z = torch.minimum(torch.maximum(z, alpha), beta)  # round-off must not leave the support
-        return self.loc + self.scale * z
+        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.icdf(u)
 
     def cdf(self, value: Tensor) -> Tensor:
-        """``(Φ(z) − Φ(α)) / Z``, clamped to [0, 1]."""
-        alpha, _ = self._bounds()
-        z = (value - self.loc) / self.scale
-        num = torch.special.ndtr(z) - torch.special.ndtr(alpha)
-        return (num / self.log_normalizer.exp()).clamp(0.0, 1.0)
+        """``(Φ(z) − Φ(α)) / Z``, computed in log space on the accurate tail side."""
+        alpha, beta = self._bounds()
+        z = torch.minimum(torch.maximum((value - self.loc) / self.scale, alpha), beta)
+        return torch.exp(_log_diff_ndtr(alpha, z) - self.log_normalizer)
 
     def icdf(self, value: Tensor) -> Tensor:
-        """The quantile function (plain inverse of :meth:`cdf`)."""
+        """The quantile function; where ``α > 0`` it inverts the mirrored (left-tail) CDF,
+        so bounds far out in the right tail keep their precision too."""
         alpha, beta = self._bounds()
-        p = torch.special.ndtr(alpha) + value * self.log_normalizer.exp()
-        z = torch.minimum(torch.maximum(torch.special.ndtri(p), alpha), beta)
+        flip = alpha > 0
+        lo = torch.where(flip, -beta, alpha)
+        q = torch.where(flip, 1 - value, value)
+        tiny = torch.finfo(q.dtype).tiny
+        log_p = torch.logaddexp(
+            _log_ndtr_masked(lo, -math.inf), torch.log(q.clamp(min=tiny)) + self.log_normalizer
+        )
+        z = torch.special.ndtri(log_p.exp().clamp(max=1.0 - torch.finfo(q.dtype).eps / 2))
+        z = torch.where(flip, -z, z)
+        z = torch.minimum(torch.maximum(z, alpha), beta)  # round-off must not leave the support
         return self.loc + self.scale * z
 
     def _phi_terms(self) -> tuple[Tensor, Tensor, Tensor]:
