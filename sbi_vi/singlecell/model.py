@@ -11,7 +11,8 @@ import torch
 
 from sbi_vi.singlecell.differential import DEMixin
 from sbi_vi.singlecell.evaluation import EvaluationMixin
-from sbi_vi.singlecell.module import VAE
+from sbi_vi.singlecell.module import BATCH_KEY, VAE
+from sbi_vi.singlecell.nn import EmbeddingKeyError
 from sbi_vi.singlecell.program import SampleMixin
 from sbi_vi.singlecell.vaemixin import VAEMixin
 from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
@@ -179,16 +180,17 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
             ``[n_cells, embedding_dim]``.
 
         Raises:
-            ValueError: If the model represents batches one-hot.
+            EmbeddingKeyError: (a ``KeyError`` as in scvi-tools, and a ``ValueError``) if the
+                module has no batch embedding (``batch_representation="one-hot"``).
         """
-        embedding = self.module.batch_embedding
-        if embedding is None:
-            raise ValueError(
-                "`get_batch_representation` needs a model built with "
-                "`batch_representation='embedding'`; this one uses 'one-hot'."
+        if BATCH_KEY not in self.module.embeddings_dict:
+            raise EmbeddingKeyError(
+                "`get_batch_representation` needs a batch embedding: build the model with "
+                "`batch_representation='embedding'` (this module has embeddings "
+                f"{list(self.module.embeddings_dict)})."
             )
         chunks = [
-            embedding(cells.batch_index).cpu()
+            self.module.compute_embedding(BATCH_KEY, cells.batch_index).cpu()
             for cells in self._minibatches(adata, indices, batch_size)
         ]
         return torch.cat(chunks).numpy()

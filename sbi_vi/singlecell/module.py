@@ -34,6 +34,7 @@ from sbi_vi.singlecell.distributions import NegativeBinomial, Poisson, ZeroInfla
 from sbi_vi.singlecell.loader import CellBatch
 from sbi_vi.singlecell.nn import (
     CovariateBody,
+    EmbeddingModuleMixin,
     FCLayers,
     batch_embedding,
     decoder_options,
@@ -52,6 +53,8 @@ Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
 LatentDistribution = Literal["normal", "ln"]
 BatchRepresentation = Literal["one-hot", "embedding"]
 Placement = Literal["encoder", "decoder", "both", "none"]
+BATCH_KEY = "batch"
+"""The key of the batch embedding (scvi-tools' ``REGISTRY_KEYS.BATCH_KEY``)."""
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -74,7 +77,7 @@ class LossOutput:
     log_w: Tensor
 
 
-class VAE(nn.Module):
+class VAE(EmbeddingModuleMixin, nn.Module):
     """scVI's variational auto-encoder with an engine family as encoder.
 
     The arguments and defaults are scvi-tools' ``VAE`` (which ``SCVI(**kwargs)`` forwards),
@@ -213,23 +216,20 @@ class VAE(nn.Module):
         if not self.use_observed_lib_size:
             self._register_library_priors(library_log_means, library_log_vars)
 
-        self.batch_embedding = (
-            batch_embedding(self.n_batch, batch_embedding_kwargs)
-            if self.batch_representation == "embedding"
-            else None
-        )
-        if self.batch_embedding is None and batch_embedding_kwargs:
+        self._embeddings_dict = nn.ModuleDict()
+        self._one_hot_batch = self.batch_representation == "one-hot"
+        n_batch_features = 0
+        if not self._one_hot_batch:
+            embedding = batch_embedding(self.n_batch, batch_embedding_kwargs)
+            self.add_embedding(BATCH_KEY, embedding)
+            n_batch_features = embedding.embedding_dim
+        elif batch_embedding_kwargs:
             raise ValueError(
                 "`batch_embedding_kwargs` applies to `batch_representation='embedding'`; got "
                 f"{batch_representation!r}."
             )
-        n_batch_features = (
-            0 if self.batch_embedding is None else self.batch_embedding.embedding_dim
-        )
         # the categorical codes injected into the layers: the batch (one-hot) and covariates
-        self._cats = (
-            (self.n_batch,) if self.batch_embedding is None else ()
-        ) + self.n_cats_per_cov
+        self._cats = ((self.n_batch,) if self._one_hot_batch else ()) + self.n_cats_per_cov
         n_features = self.n_continuous_cov + n_batch_features  # concatenated to the input
 
         # Encoder: the engine family over u = [z, log ℓ], its body as embedding net.
@@ -311,8 +311,8 @@ class VAE(nn.Module):
         parts = [h]
         if self.n_continuous_cov:
             parts.append(batch.cont_covs.to(h.dtype))
-        if self.batch_embedding is not None:
-            parts.append(self.batch_embedding(batch.batch_index).to(h.dtype))
+        if not self._one_hot_batch:
+            parts.append(self.compute_embedding(BATCH_KEY, batch.batch_index).to(h.dtype))
         codes = self._codes(batch.batch_index, batch)
         if codes:
             parts.append(torch.stack(codes, -1).to(h.dtype))
@@ -320,7 +320,7 @@ class VAE(nn.Module):
 
     def _codes(self, batch_index: Tensor, batch: CellBatch) -> list[Tensor]:
         """The codes injected into the layers, in the order of ``self._cats``."""
-        codes = [batch_index] if self.batch_embedding is None else []
+        codes = [batch_index] if self._one_hot_batch else []
         if self.n_cats_per_cov:
             codes.extend(batch.cat_covs.unbind(-1))
         return codes
@@ -382,8 +382,9 @@ class VAE(nn.Module):
         inputs = [flat]
         if self.n_continuous_cov:
             inputs.append(batch.cont_covs.to(flat.dtype).repeat(reps, 1))
-        if self.batch_embedding is not None:
-            inputs.append(self.batch_embedding(batch_index).to(flat.dtype).repeat(reps, 1))
+        if not self._one_hot_batch:
+            embedded = self.compute_embedding(BATCH_KEY, batch_index).to(flat.dtype)
+            inputs.append(embedded.repeat(reps, 1))
         codes = [c.repeat(reps) for c in self._codes(batch_index, batch)]
         h = self.decoder(torch.cat(inputs, -1) if len(inputs) > 1 else flat, codes)
         logits = self.px_scale_decoder(h).reshape(*lead, self.n_input)

@@ -23,6 +23,8 @@ from sbi_vi.vi.families.gaussian import DiagonalGaussianDistribution
 __all__ = [
     "ActivatedDiagonalGaussian",
     "CovariateBody",
+    "EmbeddingKeyError",
+    "EmbeddingModuleMixin",
     "FCLayers",
     "batch_embedding",
     "decoder_options",
@@ -252,6 +254,70 @@ def decoder_options(extra_decoder_kwargs: Mapping[str, Any] | None) -> dict:
         TypeError: For keys scvi-tools' ``DecoderSCVI`` would not take from this dict.
     """
     return _split_options("extra_decoder_kwargs", extra_decoder_kwargs, _FC_KEYS)
+
+
+class EmbeddingKeyError(KeyError, ValueError):
+    """A missing or duplicate embedding key: scvi-tools' ``KeyError``, and a ``ValueError``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EmbeddingModuleMixin:
+    """scvi-tools' ``EmbeddingModuleMixin``: named embeddings of a module (the batch one of
+    ``batch_representation="embedding"`` under the key ``"batch"``).
+
+    The module must set ``self._embeddings_dict = nn.ModuleDict()`` in its constructor.
+    """
+
+    _embeddings_dict: nn.ModuleDict
+
+    @property
+    def embeddings_dict(self) -> nn.ModuleDict:
+        """The embeddings by key."""
+        return self._embeddings_dict
+
+    def add_embedding(self, key: str, embedding: nn.Embedding, overwrite: bool = False) -> None:
+        """Add ``embedding`` under ``key``.
+
+        Raises:
+            EmbeddingKeyError: If ``key`` exists and ``overwrite`` is False.
+        """
+        if key in self._embeddings_dict and not overwrite:
+            raise EmbeddingKeyError(f"Embedding {key!r} already exists; pass `overwrite=True`.")
+        self._embeddings_dict[key] = embedding
+
+    def remove_embedding(self, key: str) -> None:
+        """Remove the embedding ``key``.
+
+        Raises:
+            EmbeddingKeyError: If there is none.
+        """
+        self.get_embedding(key)
+        del self._embeddings_dict[key]
+
+    def get_embedding(self, key: str) -> nn.Embedding:
+        """The embedding ``key``.
+
+        Raises:
+            EmbeddingKeyError: If there is none.
+        """
+        if key not in self._embeddings_dict:
+            raise EmbeddingKeyError(
+                f"Embedding {key!r} not found (embeddings: {list(self._embeddings_dict)})."
+            )
+        return self._embeddings_dict[key]
+
+    def init_embedding(
+        self, key: str, num_embeddings: int, embedding_dim: int = 5, **kwargs: Any
+    ) -> None:
+        """Add a new ``nn.Embedding(num_embeddings, embedding_dim, **kwargs)`` under ``key``."""
+        self.add_embedding(key, nn.Embedding(num_embeddings, embedding_dim, **kwargs))
+
+    def compute_embedding(self, key: str, indices: Tensor) -> Tensor:
+        """The embedding ``key`` of ``indices`` (``[N]`` or ``[N, 1]``), ``[N, dim]``."""
+        indices = indices.flatten() if indices.ndim > 1 else indices
+        return self.get_embedding(key)(indices)
 
 
 _EMBEDDING_KEYS = ("embedding_dim", "max_norm", "norm_type", "scale_grad_by_freq")

@@ -433,7 +433,7 @@ def test_batch_embedding_module():
     module = VAE(G, n_batch=3, n_latent=3, n_hidden=8, n_layers=2, n_cats_per_cov=[4],
                  batch_representation="embedding", encode_covariates=True,
                  batch_embedding_kwargs={"embedding_dim": 3})  # fmt: skip
-    assert module.batch_embedding.weight.shape == (3, 3)
+    assert module.get_embedding("batch").weight.shape == (3, 3)
     # the batch is no longer a one-hot code: only the covariate is injected
     assert _injected(module.decoder) == [1, 1]
     assert module.decoder.layers[0].linear.in_features == 3 + 3
@@ -448,7 +448,7 @@ def test_batch_embedding_module():
     assert not torch.allclose(a, b)
     out = module.loss(cells, ReverseKL())
     out.loss.backward()
-    assert module.batch_embedding.weight.grad.abs().sum() > 0
+    assert module.get_embedding("batch").weight.grad.abs().sum() > 0
 
 
 def test_batch_embedding_errors():
@@ -460,11 +460,22 @@ def test_batch_embedding_errors():
         VAE(G, batch_embedding_kwargs={"embedding_dim": 3})
 
 
-def test_batch_embedding_through_scvi():
+def test_batch_embedding_through_scvi(tmp_path):
     adata = _adata()
     model = _trained(adata, batch_representation="embedding")
     rep = model.get_batch_representation()
-    assert rep.shape == (60, 5)
+    assert isinstance(rep, np.ndarray) and rep.shape == (60, 5)
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = SCVI.load(tmp_path / "m", adata=adata)
+    np.testing.assert_allclose(loaded.get_batch_representation(), rep, atol=1e-8)
+    # scvi-tools' EmbeddingModuleMixin: KeyError for a duplicate or missing key
+    with pytest.raises(KeyError):
+        loaded.module.init_embedding("batch", 2)
+    with pytest.raises(KeyError):
+        loaded.module.remove_embedding("labels")
+    loaded.module.remove_embedding("batch")
+    with pytest.raises(KeyError):
+        loaded.get_batch_representation()
     codes = adata.obs["batch"].to_numpy()
     for value in np.unique(codes):
         block = rep[codes == value]
