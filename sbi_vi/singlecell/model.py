@@ -134,6 +134,13 @@ class SCVI(EvaluationMixin, DEMixin, SampleMixin, VAEMixin):
         **params: Any,
     ) -> VAE:
         setup = self.setup
+        likelihood = params.get("gene_likelihood", "zinb")
+        if likelihood != "normal" and not getattr(setup, "is_count_data", True):
+            raise ValueError(
+                f"`gene_likelihood={likelihood!r}` models counts, but the data set up are not "
+                "counts (non-negative whole numbers); use `gene_likelihood='normal'` for "
+                "log-normalised data, or set up the layer of raw counts."
+            )
         use_size_factor_key = params.pop("use_size_factor_key", None)
         if use_size_factor_key is None:  # scvi-tools: whether a size factor is registered
             use_size_factor_key = setup.size_factor_key is not None
