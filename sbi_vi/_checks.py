@@ -100,13 +100,15 @@ def check_unknown_kwargs(where: str, kwargs: dict[str, Any], known: Iterable[str
 
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
-    """Run the block with ``torch.manual_seed(seed)``, restoring the global RNG after.
+    """Run the block with ``torch.manual_seed(seed)``, restoring the global RNGs after.
 
-    ``None`` runs the block on the global generator as it is.
+    The CPU generator and, once CUDA is initialised, every CUDA device's generator are
+    seeded and restored. ``None`` runs the block on the global generators as they are.
     """
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(check_positive_int("seed", seed, allow_zero=True))
         yield

@@ -6,6 +6,7 @@
   divergence on ``[particles, cells]`` log densities).
 - :func:`synthetic_counts` — counts with ground truth (types, batches, DE genes).
 - :func:`load_pbmc` — a real count matrix (700 PBMCs × 765 genes).
+- :data:`settings` — ``settings.seed`` and ``settings.batch_size``, as ``scvi.settings``.
 
 Requires the ``singlecell`` extra (anndata, pandas).
 """
@@ -19,9 +20,12 @@ from sbi_vi.singlecell.distributions import (
 from sbi_vi.singlecell.fields import AnnDataSetup, setup_anndata
 from sbi_vi.singlecell.model import SCVI
 from sbi_vi.singlecell.module import VAE, LossOutput
+from sbi_vi.singlecell.registry import REGISTRY_KEYS
+from sbi_vi.singlecell.settings import settings
 from sbi_vi.singlecell.synthetic import synthetic_counts
 
 __all__ = [
+    "REGISTRY_KEYS",
     "SCVI",
     "VAE",
     "AnnDataSetup",
@@ -30,6 +34,7 @@ __all__ = [
     "Poisson",
     "ZeroInflatedNegativeBinomial",
     "load_pbmc",
+    "settings",
     "setup_anndata",
     "synthetic_counts",
 ]

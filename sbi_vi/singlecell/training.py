@@ -5,8 +5,9 @@ One optimisation step is one minibatch; an epoch is one pass over the training c
 next minibatch and evaluates the module's divergence with the KL warm-up weight of the
 current epoch (or step), and an :class:`EpochMonitor` stopping rule that, at the end of every
 epoch, records the epoch's training metrics and the validation metrics in the history,
-steps a reduce-on-plateau scheduler, and stops early (through the engine's
-:class:`~sbi_vi.vi.validation.ValidationStopping`, best weights restored) when asked to.
+steps a reduce-on-plateau scheduler and calls the callbacks
+(:mod:`~sbi_vi.singlecell.callbacks`), one of which may be early stopping (through the
+engine's :class:`~sbi_vi.vi.validation.ValidationStopping`, best weights restored).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import torch
 from torch import Tensor
 
 from sbi_vi._checks import check_positive_float, check_positive_int
+from sbi_vi.singlecell.callbacks import call_hook
 from sbi_vi.singlecell.loader import CellBatch, CellData
 from sbi_vi.singlecell.module import VAE, LossOutput
 from sbi_vi.vi.divergences import Divergence
 from sbi_vi.vi.fit import StoppingRule, fit
-from sbi_vi.vi.validation import ValidationStopping, common_random_numbers
+from sbi_vi.vi.validation import common_random_numbers
 
-__all__ = ["EpochMonitor", "TrainingPlan", "kl_weight", "train_module"]
+__all__ = ["EpochMonitor", "TrainingPlan", "kl_weight", "steps_per_epoch", "train_module"]
 
 _VALIDATION_SEED = 20_241
 
@@ -40,7 +42,11 @@ class TrainingPlan:
         lr: Learning rate of the optimizer.
         weight_decay: Weight decay.
         eps: The optimizer's ``eps``.
-        optimizer: ``"Adam"``, ``"AdamW"`` or a ``torch.optim.Optimizer`` class.
+        optimizer: ``"Adam"``, ``"AdamW"``, ``"Custom"`` (with ``optimizer_creator``) or a
+            ``torch.optim.Optimizer`` class.
+        optimizer_creator: With ``optimizer="Custom"``: a callable from the parameters to
+            an optimizer.
+        update_only_decoder: Train the decoder only (the encoder stays as it is).
         n_epochs_kl_warmup: Epochs over which the KL weight rises from ``min_kl_weight``
             to ``max_kl_weight`` (used when ``n_steps_kl_warmup`` is ``None``).
         n_steps_kl_warmup: Steps of that rise (takes precedence).
@@ -55,12 +61,18 @@ class TrainingPlan:
             ``"reconstruction_loss_validation"``, ...).
         lr_min: Lower bound of the learning rate.
         n_particles: Latent draws per cell and step (times ``K`` for IW).
+        compile: ``False`` only (``torch.compile`` of the module is not offered).
+        compile_kwargs: Accepted with ``compile=False``.
+        on_step: Accepted for compatibility (metrics are logged per epoch).
+        on_epoch: Accepted for compatibility.
     """
 
     lr: float = 1e-3
     weight_decay: float = 1e-6
     eps: float = 0.01
     optimizer: Any = "Adam"
+    optimizer_creator: Any = None
+    update_only_decoder: bool = False
     n_epochs_kl_warmup: int | None = 400
     n_steps_kl_warmup: int | None = None
     max_kl_weight: float = 1.0
@@ -72,6 +84,10 @@ class TrainingPlan:
     lr_scheduler_metric: str = "elbo_validation"
     lr_min: float = 0.0
     n_particles: int = 1
+    compile: bool = False
+    compile_kwargs: dict[str, Any] | None = None
+    on_step: bool | None = False
+    on_epoch: bool | None = True
 
     @classmethod
     def from_kwargs(cls, plan_kwargs: dict[str, Any] | None) -> TrainingPlan:
@@ -84,7 +100,7 @@ class TrainingPlan:
                 f"Unknown `plan_kwargs` {unknown}; accepted: {', '.join(sorted(known))}."
             )
         plan = cls(**plan_kwargs)
-        check_positive_float("lr", plan.lr)
+        check_positive_float("lr", plan.lr, allow_zero=True)  # 0: a frozen fit, as scvi-tools
         check_positive_float("weight_decay", plan.weight_decay, allow_zero=True)
         check_positive_int("n_particles", plan.n_particles)
         if not 0 <= plan.min_kl_weight <= plan.max_kl_weight:
@@ -92,15 +108,27 @@ class TrainingPlan:
                 "`plan_kwargs` need 0 <= min_kl_weight <= max_kl_weight, got "
                 f"{plan.min_kl_weight} and {plan.max_kl_weight}."
             )
+        if plan.compile:
+            raise ValueError(
+                "`plan_kwargs['compile']=True` is not offered: sbi_vi.singlecell does not "
+                "torch.compile the module; leave it False."
+            )
+        if plan.optimizer == "Custom" and not callable(plan.optimizer_creator):
+            raise ValueError(
+                "`plan_kwargs['optimizer']='Custom'` needs a callable `optimizer_creator` "
+                f"(parameters -> optimizer), got {plan.optimizer_creator!r}."
+            )
         return plan
 
     def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        if self.optimizer == "Custom":
+            return self.optimizer_creator(params)
         choices = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
         if isinstance(self.optimizer, str):
             if self.optimizer not in choices:
                 raise ValueError(
-                    f"`plan_kwargs['optimizer']` must be 'Adam', 'AdamW' or an optimizer "
-                    f"class, got {self.optimizer!r}."
+                    f"`plan_kwargs['optimizer']` must be 'Adam', 'AdamW', 'Custom' or an "
+                    f"optimizer class, got {self.optimizer!r}."
                 )
             cls = choices[self.optimizer]
         else:
@@ -188,9 +216,10 @@ class EpochMonitor(StoppingRule):
     """End-of-epoch bookkeeping as a stopping rule of :func:`~sbi_vi.vi.fit.fit`.
 
     Every ``steps_per_epoch`` iterations it appends the epoch's metrics to ``history``
-    (training averages from ``running``, validation ones from ``validate``), steps the
-    plateau scheduler, and, with ``early_stopping``, asks the engine's
-    :class:`ValidationStopping` whether the monitored metric stopped improving.
+    (training averages from ``running``; validation ones from ``validate`` every
+    ``validate_every`` epochs, their epochs listed under ``"validation_epoch"``), steps the
+    plateau scheduler, and calls the callbacks' ``on_epoch_end``; training stops when one
+    of them asks to, or after ``max_steps`` steps.
     """
 
     steps_per_epoch: int
@@ -200,23 +229,23 @@ class EpochMonitor(StoppingRule):
     optimizer: torch.optim.Optimizer
     plateau: Any = None
     plateau_metric: str = "elbo_validation"
-    early: ValidationStopping | None = None
-    monitor: str = "elbo_validation"
+    validate_every: int | None = 1
+    callbacks: list[Any] = field(default_factory=list)
     epoch_offset: int = 0
+    max_steps: int = -1
     kl_weights: list[float] = field(default_factory=list)
-    latest: float = math.inf
     _epoch: int = 0
 
     def reset(self) -> None:
         self._epoch = 0
-        if self.early is not None:
-            self.early.reset()
 
     def update(self, iteration: int, value: float) -> bool:
+        hit_max_steps = 0 < self.max_steps <= iteration + 1
         if (iteration + 1) % self.steps_per_epoch:
-            return False
+            return hit_max_steps  # inside an epoch (a partial epoch records no metrics)
         r = self.running
         n = max(r.n, 1)
+        epoch = self.epoch_offset + self._epoch
         record = {
             "elbo_train": -r.elbo / n,
             "reconstruction_loss_train": r.reconstruction / n,
@@ -226,7 +255,11 @@ class EpochMonitor(StoppingRule):
             "kl_weight": self.kl_weights[-1] if self.kl_weights else 1.0,
             "lr": float(self.optimizer.param_groups[0]["lr"]),
         }
-        if self.validate is not None:
+        if (
+            self.validate is not None
+            and self.validate_every is not None
+            and (self._epoch + 1) % self.validate_every == 0
+        ):
             val = self.validate()
             record.update(
                 elbo_validation=-val["elbo"],
@@ -235,26 +268,34 @@ class EpochMonitor(StoppingRule):
                 kl_global_validation=0.0,
                 validation_loss=val["loss"],
             )
-        self.history.setdefault("epoch", []).append(float(self.epoch_offset + self._epoch))
+            self.history.setdefault("validation_epoch", []).append(float(epoch))
+        self.history.setdefault("epoch", []).append(float(epoch))
         for key, v in record.items():
             self.history.setdefault(key, []).append(v)
-        self._epoch += 1
         self.running.reset()
-        if self.plateau is not None:
+        if self.plateau is not None and self.plateau_metric in record:
             self.plateau.step(record[self.plateau_metric])
-        if self.early is not None:
-            self.latest = record[self.monitor]  # what ``early.validate`` reads
-            return self.early.update(self._epoch - 1, self.latest)
-        return False
+        stop = call_hook(self.callbacks, "on_epoch_end", self._epoch, self.history)
+        self._epoch += 1
+        return stop or hit_max_steps
 
 
 def _epochs(
-    data: CellData, idx: np.ndarray, batch_size: int, generator: torch.Generator
+    data: CellData,
+    idx: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool,
 ) -> Iterator[CellBatch]:
+    n_full = (len(idx) // batch_size) * batch_size
     while True:
-        yield from data.minibatches(
-            idx, batch_size, shuffle=True, generator=generator, drop_singletons=True
-        )
+        order = idx[torch.randperm(len(idx), generator=generator).numpy()]
+        yield from data.minibatches(order[:n_full] if drop_last else order, batch_size)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, *, drop_last: bool) -> int:
+    """Minibatches per epoch over ``n_train`` cells."""
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
 def train_module(
@@ -267,12 +308,14 @@ def train_module(
     max_epochs: int,
     batch_size: int,
     plan: TrainingPlan,
-    early_stopping: bool = False,
-    early_stopping_monitor: str = "elbo_validation",
-    early_stopping_patience: int = 45,
+    validate_every: int | None = 1,
+    callbacks: list[Any] | None = None,
     history: dict[str, list[float]] | None = None,
     show_progress_bar: bool = True,
     seed: int | None = None,
+    drop_last: bool = False,
+    clip_value: float | None = None,
+    max_steps: int = -1,
 ) -> dict[str, list[float]]:
     """Train ``module`` on the cells ``train_idx`` for up to ``max_epochs`` epochs.
 
@@ -285,23 +328,32 @@ def train_module(
         max_epochs: Passes over the training cells.
         batch_size: Cells per step.
         plan: Optimizer, warm-up and scheduler settings.
-        early_stopping: Stop when ``early_stopping_monitor`` has not improved for
-            ``early_stopping_patience`` epochs, and restore the best epoch's weights.
-        early_stopping_monitor: A validation key of the history.
-        early_stopping_patience: Those epochs.
+        validate_every: Validation metrics every this many epochs (``None``: never).
+        callbacks: Objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end``
+            hooks (:mod:`sbi_vi.singlecell.callbacks`; early stopping is one).
         history: Earlier history to extend (resumed training).
         show_progress_bar: Show the engine's progress bar.
         seed: Seed of the minibatch order (``None``: from torch's global generator).
+        drop_last: Drop the last incomplete minibatch of every epoch.
+        clip_value: Clip the gradient norm to this (``None``: no clipping).
+        max_steps: Stop after this many steps (``-1``: no limit).
 
     Returns:
-        The history: a list per metric, one entry per epoch.
+        The history: a list per metric, one entry per epoch (validation metrics: one per
+        entry of ``history["validation_epoch"]``).
+
+    Raises:
+        ValueError: A metric that needs validation cells without any, or no minibatch.
     """
     max_epochs = check_positive_int("max_epochs", max_epochs)
     batch_size = check_positive_int("batch_size", batch_size)
-    n_train = len(train_idx)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    if n_train > 1 and n_train % batch_size == 1:
-        steps_per_epoch -= 1  # the one-cell minibatch is skipped (batch norm)
+    callbacks = list(callbacks or [])
+    n_steps = steps_per_epoch(len(train_idx), batch_size, drop_last=drop_last)
+    if n_steps == 0:
+        raise ValueError(
+            f"{len(train_idx)} training cells with `batch_size={batch_size}` and "
+            "`drop_last=True` leave no minibatch; lower `batch_size`."
+        )
     validate = None
     if val_idx is not None and len(val_idx):
 
@@ -310,15 +362,17 @@ def train_module(
                 module, data, val_idx, divergence, batch_size=max(batch_size, 256)
             )
 
-    needs_validation = [early_stopping_monitor] if early_stopping else []
-    if plan.reduce_lr_on_plateau:
-        needs_validation.append(plan.lr_scheduler_metric)
-    for key in needs_validation:
-        if key.endswith("_validation") and validate is None:
+    if plan.reduce_lr_on_plateau and plan.lr_scheduler_metric.endswith("_validation"):
+        if validate is None or validate_every is None:
             raise ValueError(
-                f"{key!r} needs validation cells; use `train_size` < 1 (got no validation set)."
+                f"`lr_scheduler_metric={plan.lr_scheduler_metric!r}` needs validation cells and "
+                "`check_val_every_n_epoch`; use `train_size` < 1."
             )
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [
+        p
+        for name, p in module.named_parameters()
+        if p.requires_grad and not (plan.update_only_decoder and name.startswith("encoder."))
+    ]
     optimizer = plan.make_optimizer(params)
     plateau = None
     if plan.reduce_lr_on_plateau:
@@ -336,30 +390,26 @@ def train_module(
     history = {} if history is None else history
     running = _Running()
     monitor = EpochMonitor(
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=n_steps,
         running=running,
         validate=validate,
         history=history,
         optimizer=optimizer,
         plateau=plateau,
         plateau_metric=plan.lr_scheduler_metric,
-        monitor=early_stopping_monitor,
+        validate_every=validate_every,
+        callbacks=callbacks,
         epoch_offset=len(history.get("epoch", [])),
+        max_steps=max_steps,
     )
-    early = None
-    if early_stopping:
-        early = ValidationStopping(
-            lambda: monitor.latest, module, stop_after_iters=early_stopping_patience
-        )
-        monitor.early = early
-    batches = _epochs(data, train_idx, batch_size, generator)
+    batches = _epochs(data, train_idx, batch_size, generator, drop_last)
     state = {"step": 0}
 
     def closure() -> tuple[Tensor, Tensor]:
         cells = next(batches)
         step = state["step"]
         state["step"] = step + 1
-        weight = kl_weight(plan, monitor.epoch_offset + step // steps_per_epoch, step)
+        weight = kl_weight(plan, monitor.epoch_offset + step // n_steps, step)
         if not monitor.kl_weights or monitor.kl_weights[-1] != weight:
             monitor.kl_weights.append(weight)
         out = module.loss(cells, divergence, kl_weight=weight, n_particles=plan.n_particles)
@@ -367,18 +417,18 @@ def train_module(
         return out.loss, out.loss.detach()
 
     module.train()
+    call_hook(callbacks, "on_train_start", module, optimizer)
     try:
         fit(
             closure,
             optimizer,
-            max_num_iters=max_epochs * steps_per_epoch,
-            clip_value=None,
+            max_num_iters=max_epochs * n_steps,
+            clip_value=clip_value,
             stopping=monitor,
             show_progress_bar=show_progress_bar,
             description=f"Training ({max_epochs} epochs)",
         )
     finally:
-        if early is not None:
-            early.restore_best()
+        call_hook(callbacks, "on_train_end", module)
         module.eval()
     return history

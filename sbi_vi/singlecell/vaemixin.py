@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_vi._checks import check_positive_int
+from sbi_vi._checks import check_positive_int, seeded
 from sbi_vi.diagnostics import log_mean_weight, psis
 from sbi_vi.singlecell.base import BaseSingleCellModel
 from sbi_vi.singlecell.loader import CellBatch
@@ -59,9 +59,10 @@ class VAEMixin(BaseSingleCellModel):
                 gamma = px.gamma_terms(cells.x)  # free of z: shared by every later chunk
         return torch.cat(parts)
 
-    def _reduce(self, values: list[Tensor], return_mean: bool) -> Any:
-        out = torch.cat(values)
-        return float(out.mean()) if return_mean else out.cpu().numpy()
+    def _reduce(self, values: list[Tensor], return_mean: bool) -> Tensor:
+        """scvi-tools' return: a 0-d tensor (the mean over cells) or one value per cell."""
+        out = torch.cat(values).cpu()
+        return out.mean() if return_mean else out
 
     @torch.no_grad()
     def get_elbo(
@@ -71,20 +72,28 @@ class VAEMixin(BaseSingleCellModel):
         batch_size: int | None = None,
         dataloader: Iterable[Any] | None = None,
         return_mean: bool = True,
+        *,
+        seed: int | None = None,
         **kwargs: Any,
-    ) -> float | np.ndarray:
+    ) -> Tensor:
         """The evidence lower bound (higher is better): one draw of q per cell.
 
+        Args:
+            seed: Seed of the draws (``None``: torch's global generator).
+            **kwargs: ``n_particles`` (draws per cell, default 1).
+
         Returns:
-            The mean ELBO over the cells, or one value per cell (``return_mean=False``).
+            As scvi-tools: the mean ELBO over the cells as a 0-d tensor, or a tensor
+            ``[n_cells]`` (``return_mean=False``).
         """
         n_particles = check_positive_int("n_particles", kwargs.pop("n_particles", 1))
         _no_kwargs(kwargs)
         self.module.eval()
         values = []
-        for cells in self._minibatches(adata, indices, batch_size, dataloader):
-            log_px, log_prior, log_q, _, _ = self.module.log_densities(cells, n_particles)
-            values.append((log_px + log_prior - log_q).mean(0))
+        with seeded(seed):
+            for cells in self._minibatches(adata, indices, batch_size, dataloader):
+                log_px, log_prior, log_q, _, _ = self.module.log_densities(cells, n_particles)
+                values.append((log_px + log_prior - log_q).mean(0))
         return self._reduce(values, return_mean)
 
     @torch.no_grad()
@@ -95,22 +104,29 @@ class VAEMixin(BaseSingleCellModel):
         batch_size: int | None = None,
         dataloader: Iterable[Any] | None = None,
         return_mean: bool = True,
+        *,
+        seed: int | None = None,
         **kwargs: Any,
-    ) -> dict[str, float | np.ndarray]:
+    ) -> dict[str, Tensor]:
         """The reconstruction loss ``−log p(x | z, ℓ)`` at one draw of q per cell.
 
         As scvi-tools returns it: a positive loss (lower is better), although its reference
         page's note reads "higher is better".
 
+        Args:
+            seed: Seed of the draws (``None``: torch's global generator).
+
         Returns:
-            ``{"reconstruction_loss": value}``: the mean over cells, or per cell.
+            ``{"reconstruction_loss": value}``: the mean over cells (a 0-d tensor), or a
+            tensor ``[n_cells]``.
         """
         _no_kwargs(kwargs)
         self.module.eval()
         values = []
-        for cells in self._minibatches(adata, indices, batch_size, dataloader):
-            log_px, _, _, _, _ = self.module.log_densities(cells, 1)
-            values.append(-log_px.mean(0))
+        with seeded(seed):
+            for cells in self._minibatches(adata, indices, batch_size, dataloader):
+                log_px, _, _, _, _ = self.module.log_densities(cells, 1)
+                values.append(-log_px.mean(0))
         return {"reconstruction_loss": self._reduce(values, return_mean)}
 
     @torch.no_grad()
@@ -122,23 +138,30 @@ class VAEMixin(BaseSingleCellModel):
         batch_size: int | None = None,
         return_mean: bool = True,
         dataloader: Iterable[Any] | None = None,
+        *,
+        seed: int | None = None,
         **kwargs: Any,
-    ) -> float | Tensor:
+    ) -> np.float64 | Tensor:
         """Importance-sampling estimate of ``log p(x)`` with the encoder as proposal.
 
         ``log (1/S) Σ_s p(x, z_s, ℓ_s) / q(z_s, ℓ_s | x)`` per cell, ``S = n_mc_samples``
         (a lower bound in expectation; higher is better).
 
+        Args:
+            seed: Seed of the draws (``None``: torch's global generator).
+
         Returns:
-            The mean over cells (``return_mean=True``), else a tensor ``[n_cells]``.
+            As scvi-tools: the mean over cells as a numpy float64 (``return_mean=True``),
+            else a tensor ``[n_cells]``.
         """
         n_mc_samples = check_positive_int("n_mc_samples", n_mc_samples)
         _no_kwargs(kwargs)
         values = []
-        for cells in self._minibatches(adata, indices, batch_size, dataloader):
-            values.append(log_mean_weight(self._log_weights(cells, n_mc_samples)).cpu())
+        with seeded(seed):
+            for cells in self._minibatches(adata, indices, batch_size, dataloader):
+                values.append(log_mean_weight(self._log_weights(cells, n_mc_samples)).cpu())
         out = torch.cat(values)
-        return float(out.mean()) if return_mean else out
+        return np.float64(out.double().mean()) if return_mean else out
 
     @torch.no_grad()
     def get_psis_khat(
@@ -177,6 +200,8 @@ class VAEMixin(BaseSingleCellModel):
         batch_size: int | None = None,
         return_dist: bool = False,
         dataloader: Iterable[Any] | None = None,
+        *,
+        seed: int | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The latent cell states z.
 
@@ -187,10 +212,26 @@ class VAEMixin(BaseSingleCellModel):
             mc_samples: Draws for means without closed form.
             return_dist: Return the mean and variance of q(z | x) (of the Gaussian before
                 the softmax for ``"ln"``).
+            seed: Seed of the draws (``None``: torch's global generator).
 
         Returns:
             ``[n_cells, n_latent]``, or ``(means, variances)`` with ``return_dist``.
         """
+        with seeded(seed):
+            return self._latent(
+                adata, indices, give_mean, mc_samples, batch_size, return_dist, dataloader
+            )
+
+    def _latent(
+        self,
+        adata: Any,
+        indices: Any,
+        give_mean: bool,
+        mc_samples: int,
+        batch_size: int | None,
+        return_dist: bool,
+        dataloader: Iterable[Any] | None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         mc_samples = check_positive_int("mc_samples", mc_samples)
         self.module.eval()
         module = self.module
@@ -223,6 +264,62 @@ class VAEMixin(BaseSingleCellModel):
         if return_dist:
             return mean, torch.cat(variances).cpu().numpy()
         return mean
+
+    @torch.no_grad()
+    def get_latent_library_size(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+        *,
+        mc_samples: int = 1000,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """The library size ℓ of each cell (scvi-tools' ``get_latent_library_size``).
+
+        Args:
+            give_mean: The posterior mean of ℓ (exact for a Gaussian encoder,
+                else from ``mc_samples`` draws); ``False``: one draw of ℓ per cell — with the
+                observed library size, that is ``Σ_g x_g`` (or the size factor).
+            mc_samples: Draws for the mean without closed form.
+            seed: Seed of the draws (``None``: torch's global generator).
+
+        Returns:
+            ``[n_cells, 1]`` (float32), as scvi-tools.
+
+        Raises:
+            RuntimeError: ``give_mean=True`` with the observed library size
+                (``use_observed_lib_size=True``): the model has no posterior of ℓ; as
+                scvi-tools, use ``give_mean=False``.
+        """
+        module = self.module
+        if give_mean and module.use_observed_lib_size:
+            raise RuntimeError(
+                "The model does not infer the library size (`use_observed_lib_size=True`): it "
+                "has no posterior of ℓ. Set `give_mean=False` to get the observed library size."
+            )
+        mc_samples = check_positive_int("mc_samples", mc_samples)
+        module.eval()
+        closed = isinstance(module.encoder, Gaussian | DiagonalGaussian)
+        out = []
+        with seeded(seed):
+            for cells in self._minibatches(adata, indices, batch_size, dataloader):
+                if not give_mean:
+                    _, log_lib = module.split(module.q(cells).sample(), cells)
+                    out.append(log_lib.exp())
+                    continue
+                q = module.q(cells)
+                if closed:  # log ℓ ~ N(loc, var): E[ℓ] = exp(loc + var / 2)
+                    enc, base = module.encoder, q.base
+                    loc = (enc.shift + enc.scale * base.loc)[..., -1]
+                    var = (enc.scale.unsqueeze(-1) * base.scale_tril).square().sum(-1)[..., -1]
+                    out.append((loc + var / 2).exp())
+                else:
+                    _, log_lib = module.split(q.sample((mc_samples,)), cells)
+                    out.append(log_lib.exp().mean(0))
+        return torch.cat(out).reshape(-1, 1).float().cpu().numpy()
 
 
 def _no_kwargs(kwargs: dict[str, Any]) -> None:

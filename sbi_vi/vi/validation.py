@@ -57,6 +57,7 @@ class ValidationStopping(StoppingRule):
         module: The module whose state is kept at the best validation loss.
         stop_after_iters: Validations in a row without improvement before stopping.
         every: Validate after every ``every``-th iteration.
+        min_delta: A loss improves only if it lies more than this below the best so far.
 
     Attributes:
         losses: Every validation loss, in order.
@@ -68,6 +69,7 @@ class ValidationStopping(StoppingRule):
     module: nn.Module
     stop_after_iters: int = 20
     every: int = 1
+    min_delta: float = 0.0
     losses: list[float] = field(default_factory=list, repr=False)
     best_loss: float = field(default=math.inf)
     best_iteration: int = field(default=-1)
@@ -89,7 +91,7 @@ class ValidationStopping(StoppingRule):
         with torch.no_grad():
             loss = float(self.validate())
         self.losses.append(loss)
-        if math.isfinite(loss) and loss < self.best_loss:
+        if math.isfinite(loss) and loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_iteration, self._stale = loss, iteration, 0
             self._best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
             return False
