@@ -12,11 +12,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from sbi_vi.singlecell import SCVI, synthetic_counts
 from sbi_vi.singlecell.loader import CellBatch
 from sbi_vi.singlecell.module import VAE
+from sbi_vi.singlecell.nn import FCLayers
 from sbi_vi.singlecell.normal import NormalLikelihood
 from sbi_vi.vi.divergences import ReverseKL
 
@@ -501,3 +504,36 @@ def test_scvi_kwargs_refused_or_unknown():
         SCVI(adata, extra_payload_autotune=True)
     model = SCVI(adata, n_hidden=8, extra_payload_autotune=False, log_variational=False)
     assert not model.module.log_variational
+
+
+# -- the blocks: scVI's one-hot layers, computed without the one-hots ----------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_in=st.integers(1, 6),
+    n_cats=st.lists(st.integers(1, 4), max_size=3),
+    n_layers=st.integers(1, 3),
+    inject=st.booleans(),
+    batch_norm=st.booleans(),
+    layer_norm=st.booleans(),
+    n=st.integers(2, 5),
+)
+def test_fclayers_equal_scvis_one_hot_layers(n_in, n_cats, n_layers, inject, batch_norm,
+                                             layer_norm, n):  # fmt: skip
+    torch.manual_seed(0)
+    fc = FCLayers(n_in, 4, n_cats, n_layers=n_layers, dropout_rate=0.0,
+                  use_batch_norm=batch_norm, use_layer_norm=layer_norm,
+                  inject_covariates=inject).eval()  # fmt: skip
+    h = torch.randn(n, n_in)
+    codes = [torch.randint(k, (n,)) for k in n_cats]
+    one_hots = [F.one_hot(c, k).float() for c, k in zip(codes, n_cats, strict=True)]
+    x = h
+    for i, (layer, norm) in enumerate(zip(fc.layers, fc.norms, strict=True)):
+        weights = [layer.linear.weight] + [e.weight.T for e in layer.embeddings]
+        inputs = torch.cat([x, *one_hots], -1) if (i == 0 or inject) and n_cats else x
+        x = torch.relu(norm(inputs @ torch.cat(weights, -1).T + layer.linear.bias))
+    with torch.no_grad():
+        out = fc(h, codes)
+    assert out.shape == (n, 4)
+    torch.testing.assert_close(out, x.detach())
