@@ -28,6 +28,7 @@ from sbi_vi._checks import (
 )
 from sbi_vi.diagnostics import psis
 from sbi_vi.errors import NotTrainedError
+from sbi_vi.posteriors.base import check_sample_shape
 from sbi_vi.posteriors.conditional import (
     AtObservation,
     ConditionalQ,
@@ -305,8 +306,10 @@ class AmortizedVI:
             show_progress_bars: Unused (sampling is one pass per chunk).
 
         Raises:
-            NotImplementedError: If q was trained for one observation (``train``).
-            NotTrainedError: If q is not trained.
+            NotImplementedError: If q was trained for one observation (``train``), as sbi.
+            NotTrainedError: If q is not trained (a ``ValueError``).
+            TypeError: A ``sample_shape`` that is not a tuple of ints, or x not a tensor.
+            ValueError: A negative size in ``sample_shape``, or a bad ``x`` (naming it).
         """
         del show_progress_bars
         if self._amortized is None:
@@ -316,20 +319,29 @@ class AmortizedVI:
                     "trained by train() for one observation. Call sample() per observation."
                 )
             raise NotTrainedError("q is not trained yet: call `train_amortized(theta, x)`.")
+        sample_shape = check_sample_shape(sample_shape)
         batch = check_positive_int("max_sampling_batch_size", max_sampling_batch_size)
         x = self._check_x(x)
-        return sample_conditional(self._amortized, Size(sample_shape), x, batch)
+        return sample_conditional(self._amortized, sample_shape, x, batch)
 
     def _log_prob_amortized(
         self: VIPosterior, theta: Tensor, x: Tensor | None, track_gradients: bool
     ) -> Tensor:
         x = self._require_amortized(x)
         theta = self._check_theta(theta)
-        single = theta.ndim == 1
-        theta, x = broadcast_theta_x(theta.reshape(-1, theta.shape[-1]), x)
+        if theta.ndim > 2 and x.shape[0] != 1:
+            raise ValueError(
+                f"`theta` of shape {tuple(theta.shape)} needs one observation; with {x.shape[0]} "
+                "rows of x, pass θ as [N, D] (paired or broadcast with x)."
+            )
+        flat, x = broadcast_theta_x(theta.reshape(-1, theta.shape[-1]), x)
+        if flat.shape[0] == 0:  # as sample((0,)): an empty answer, no network pass
+            return flat.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
-            out = self._amortized(x).log_prob(theta)
-        return out[0] if single and out.shape[0] == 1 else out
+            out = self._amortized(x).log_prob(flat)
+        if theta.ndim > 2:  # [*N, D] under one x
+            return out.reshape(theta.shape[:-1])
+        return out[0] if theta.ndim == 1 and out.shape[0] == 1 else out
 
     def _evaluate_amortized(
         self: VIPosterior,

@@ -3,6 +3,7 @@ potential, and persistence. :class:`VIPosterior` adds q and its training on top.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from pathlib import Path
 from typing import Any, Self
@@ -15,7 +16,67 @@ from sbi_vi._io import load_object, save_object
 from sbi_vi.errors import NotTrainedError
 from sbi_vi.posteriors.setup import event_size_of
 
-__all__ = ["PosteriorBase"]
+__all__ = ["PosteriorBase", "check_sample_shape"]
+
+
+def check_sample_shape(sample_shape: Any) -> Size:
+    """``sample_shape`` as a ``torch.Size`` (an int ``n`` means ``(n,)``).
+
+    Raises:
+        TypeError: If it is not an int or a sequence of ints.
+        ValueError: If an entry is negative.
+    """
+    if isinstance(sample_shape, int | torch.SymInt) and not isinstance(sample_shape, bool):
+        sample_shape = (sample_shape,)
+    try:
+        entries = tuple(sample_shape)
+    except TypeError:
+        entries = None
+    if entries is None or any(
+        isinstance(n, bool) or not isinstance(n, int | torch.SymInt) for n in entries
+    ):
+        raise TypeError(
+            f"`sample_shape` must be a tuple of ints such as (1000,); got {sample_shape!r}."
+        )
+    if any(n < 0 for n in entries):
+        raise ValueError(f"`sample_shape` must not hold negative sizes; got {entries}.")
+    return Size(entries)
+
+
+def _real_tensor(name: str, value: Any) -> Tensor:
+    """``value`` as a real floating tensor; complex input is refused, not truncated."""
+    dtype = getattr(value, "dtype", None)
+    if (isinstance(dtype, torch.dtype) and dtype.is_complex) or getattr(dtype, "kind", "") == "c":
+        raise TypeError(f"`{name}` must be real; got an array of dtype {dtype}.")
+    return as_tensor(name, value)
+
+
+def _check_finite(name: str, value: Tensor, row: str) -> None:
+    """Refuse NaN and ±inf entries, naming which, how many rows and the first one."""
+    for what, bad, hint in (
+        ("NaN", torch.isnan(value), "a missing or failed value"),
+        ("±inf", torch.isinf(value), "the density is zero at infinity"),
+    ):
+        rows = bad.reshape(-1, value.shape[-1]).any(-1) if value.ndim else bad.reshape(1)
+        if bool(rows.any()):
+            first = int(rows.nonzero()[0])
+            raise ValueError(
+                f"`{name}` has {int(rows.sum())} {row}(s) with {what} entries (first: flat "
+                f"row {first}) ({hint}); pass finite values."
+            )
+
+
+def _cast(name: str, value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` in q's dtype; refuse values that overflow it (e.g. 1e300 to float32)."""
+    if value.dtype == dtype:
+        return value
+    out = value.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"`{name}` overflows {dtype} (q's dtype) when cast from {value.dtype}: its entries "
+            f"must lie within ±{torch.finfo(dtype).max:.3g}."
+        )
+    return out
 
 
 class PosteriorBase:
@@ -90,12 +151,25 @@ class PosteriorBase:
         """
         return load_object(path, what=cls.__name__, expected_type=cls, map_location=map_location)
 
+    def _q_dtype(self) -> torch.dtype:
+        """The floating dtype of q's parameters (θ and x are cast to it before q sees them)."""
+        module = getattr(self, "_amortized", None)
+        if module is None:
+            module = getattr(self, "_family", None)
+        if isinstance(module, torch.nn.Module):
+            for tensor in itertools.chain(module.parameters(), module.buffers()):
+                if tensor.is_floating_point():
+                    return tensor.dtype
+        return torch.get_default_dtype()
+
     def _check_x(self, x: Tensor) -> Tensor:
-        x = as_tensor("x", x).to(self._device)
+        x = _real_tensor("x", x).to(self._device)
         if x.ndim == 1:
             x = x.unsqueeze(0)
-        if x.ndim < 2:
+        if x.ndim != 2:
             raise ValueError(f"`x` must have shape [L] or [N, L]; got {tuple(x.shape)}.")
+        if x.shape[0] == 0:
+            raise ValueError(f"`x` must hold at least one observation; got {tuple(x.shape)}.")
         if self._x_shape is not None:
             expected = self._x_shape[-1:] if len(self._x_shape) else self._x_shape
             if x.shape[1:] != expected:
@@ -108,9 +182,8 @@ class PosteriorBase:
                 f"`x` has trailing shape {tuple(x.shape[1:])}, but the default x has "
                 f"{tuple(self._x.shape[1:])}."
             )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("`x` must be finite; it holds NaN or inf entries.")
-        return x
+        _check_finite("x", x, "observation")
+        return _cast("x", x, self._q_dtype())
 
     def _resolve_x(self, x: Tensor | None) -> Tensor:
         if x is not None:
@@ -131,14 +204,17 @@ class PosteriorBase:
                 )
 
     def _check_theta(self, theta: Tensor) -> Tensor:
-        theta = as_tensor("theta", theta).to(self._device)
+        """θ ``[*, D]`` checked (shape, NaN, ±inf, support) and cast to q's dtype."""
+        theta = _real_tensor("theta", theta).to(self._device)
         d = event_size_of(self.prior)
         if theta.ndim == 0 or theta.shape[-1] != d:
             raise ValueError(
                 f"`theta` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
             )
+        _check_finite("theta", theta, "parameter vector")
+        theta = _cast("theta", theta, self._q_dtype())
         support = getattr(self.prior, "support", None)
-        if support is not None:
+        if support is not None and theta.numel():
             inside = support.check(theta)
             if inside.ndim == theta.ndim:
                 inside = inside.all(-1)
@@ -151,8 +227,8 @@ class PosteriorBase:
         return theta
 
     def _check_training_pairs(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        theta = as_tensor("theta", theta).to(self._device)
-        x = as_tensor("x", x).to(self._device)
+        theta = _real_tensor("theta", theta).to(self._device)
+        x = _real_tensor("x", x).to(self._device)
         if theta.ndim == 1:
             theta = theta.unsqueeze(-1)
         if x.ndim == 1:
@@ -193,4 +269,5 @@ class PosteriorBase:
             )
         else:
             self._x_shape = Size(x.shape[1:])
-        return theta, x
+        dtype = self._q_dtype()
+        return _cast("theta", theta, dtype), _cast("x", x, dtype)

@@ -14,7 +14,12 @@ from torch import Tensor
 from torch.distributions.transforms import Transform
 
 from sbi_vi._checks import check_choice
-from sbi_vi.potentials import BasePotential, CallablePotential
+from sbi_vi.potentials import (
+    BasePotential,
+    CallablePotential,
+    SbiStylePotential,
+    is_sbi_style_potential,
+)
 from sbi_vi.priors import process_prior
 from sbi_vi.priors import theta_transform as default_theta_transform
 from sbi_vi.vi.families import Family, build_family
@@ -25,9 +30,17 @@ ZScore = Literal["none", "independent", "structured"]
 
 
 def resolve_potential(potential_fn: object, prior: object | None) -> BasePotential:
-    """Accept a :class:`BasePotential` or a plain ``(theta, x_o) -> Tensor`` function."""
+    """Accept a :class:`BasePotential`, an sbi potential object or a plain function.
+
+    An sbi potential object (anything callable with a ``set_x`` method, e.g. what sbi's
+    ``likelihood_estimator_based_potential`` returns) is wrapped by
+    :class:`~sbi_vi.potentials.SbiStylePotential`; a plain ``(theta, x_o) -> Tensor``
+    function by :class:`~sbi_vi.potentials.CallablePotential`.
+    """
     if isinstance(potential_fn, BasePotential):
         return potential_fn
+    if is_sbi_style_potential(potential_fn):
+        return SbiStylePotential(potential_fn)
     if callable(potential_fn):
         return CallablePotential(potential_fn, prior=prior)
     raise TypeError(

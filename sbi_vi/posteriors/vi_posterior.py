@@ -25,9 +25,10 @@ from sbi_vi._checks import (
 )
 from sbi_vi.errors import NotTrainedError, QualityWarning
 from sbi_vi.posteriors.amortized import AmortizedVI
-from sbi_vi.posteriors.base import PosteriorBase
+from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape
 from sbi_vi.posteriors.map import gradient_ascent
 from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
+from sbi_vi.posteriors.rollback import restored_on_failure
 from sbi_vi.posteriors.setup import (
     event_size_of,
     make_family,
@@ -299,36 +300,37 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             first_fit = self._trained_on is None
             fresh = first_fit and not self._warm  # q starts from the prior
             self.potential_fn.set_x(x)
-            if fresh and warm_up_rounds > 0:
-                warm_up(
-                    self._family,
-                    self.prior,
-                    rounds=warm_up_rounds,
-                    n_particles=n_particles,
-                    learning_rate=learning_rate,
-                    clip_value=clip_value,
+            with restored_on_failure(self):  # an interrupted fit leaves q as it found it
+                if fresh and warm_up_rounds > 0:
+                    warm_up(
+                        self._family,
+                        self.prior,
+                        rounds=warm_up_rounds,
+                        n_particles=n_particles,
+                        learning_rate=learning_rate,
+                        clip_value=clip_value,
+                    )
+                self._warm = True
+                self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
+                stopping = (
+                    ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
+                    if check_for_convergence
+                    else None
                 )
-            self._warm = True
-            self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
-            stopping = (
-                ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
-                if check_for_convergence
-                else None
-            )
-            result = annealed_fit(
-                lambda target: self._loss_closure(divergence, target, n_particles),
-                self.potential_fn,
-                lambda theta: log_prior_or_zero(self.prior, theta),
-                annealing_steps if fresh else 0,
-                self._optimizer,
-                scheduler=self._scheduler,
-                max_num_iters=max_num_iters,
-                clip_value=clip_value,
-                stopping=stopping,
-                retain_graph=bool(kwargs.get("retain_graph", False)),
-                show_progress_bar=show_progress_bar,
-                description=f"VI ({self._vi_method})",
-            )
+                result = annealed_fit(
+                    lambda target: self._loss_closure(divergence, target, n_particles),
+                    self.potential_fn,
+                    lambda theta: log_prior_or_zero(self.prior, theta),
+                    annealing_steps if fresh else 0,
+                    self._optimizer,
+                    scheduler=self._scheduler,
+                    max_num_iters=max_num_iters,
+                    clip_value=clip_value,
+                    stopping=stopping,
+                    retain_graph=bool(kwargs.get("retain_graph", False)),
+                    show_progress_bar=show_progress_bar,
+                    description=f"VI ({self._vi_method})",
+                )
             self.history.append(result)
             if self._amortized is not None:
                 warnings.warn(
@@ -415,11 +417,12 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             ValueError: If ``x`` is not the observation q was trained on.
         """
         del show_progress_bars
+        sample_shape = check_sample_shape(sample_shape)
         if self._amortized is not None:
-            return self._sample_amortized(Size(sample_shape), x)
+            return self._sample_amortized(sample_shape, x)
         self._check_trained_for(x)
         with torch.no_grad():
-            return self.q.sample(Size(sample_shape))
+            return self.q.sample(sample_shape)
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
@@ -428,16 +431,30 @@ class VIPosterior(AmortizedVI, PosteriorBase):
 
         For an amortised q, log q(θ | x) with x ``[L]``, ``[1, L]`` or ``[B, L]``: one x
         serves every θ (``[N]``), one θ is scored under every x (``[B]``), and N = B pairs
-        rows (``[N]``).
+        rows (``[N]``). θ (and x) of another floating dtype are cast to q's dtype (float32
+        unless q was built otherwise); an empty batch ``[0, D]`` gives an empty ``[0]``.
+
+        Args:
+            theta: Parameters, ``[D]`` or ``[N, D]`` (any ``[*, D]`` with one x).
+            x: The observation (see above; default: :attr:`default_x`).
+            track_gradients: Keep the autograd graph of the result.
+
+        Returns:
+            log q(θ | x), shape as above, in q's dtype.
 
         Raises:
-            ValueError: Wrong θ shape, θ outside the prior's support, x not the trained x,
-                or N ≠ B with neither equal to 1.
+            NotTrainedError: If q is not trained (a ``ValueError``).
+            TypeError: θ or x not a real tensor or array.
+            ValueError: Wrong θ shape; θ with NaN or ±inf entries (the message says which);
+                θ outside the prior's support; θ overflowing q's dtype; x not the trained
+                x; or N ≠ B with neither equal to 1.
         """
         if self._amortized is not None:
             return self._log_prob_amortized(theta, x, track_gradients)
         self._check_trained_for(x)
         theta = self._check_theta(theta)
+        if theta.shape[:-1].numel() == 0:  # as sample((0,)): an empty answer, no network pass
+            return theta.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
             return self.q.log_prob(theta)
 
@@ -466,7 +483,9 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         if key in self._map_cache and not force_update:
             return self._map_cache[key]
         if isinstance(init_method, Tensor):
-            inits = self._check_theta(init_method)
+            inits = self._check_theta(init_method).reshape(-1, event_size_of(self.prior))
+            if inits.shape[0] == 0:
+                raise ValueError("`init_method` is an empty tensor: pass at least one θ.")
         elif init_method in ("proposal", "posterior") and self._amortized is not None:
             if x.shape[0] != 1:
                 raise ValueError(f"map() takes one observation; got {x.shape[0]} rows of x.")

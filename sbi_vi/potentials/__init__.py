@@ -2,6 +2,7 @@
 
 from sbi_vi.potentials.base import BasePotential, CustomPotential
 from sbi_vi.potentials.custom import CallablePotential
+from sbi_vi.potentials.foreign import SbiStylePotential, is_sbi_style_potential
 from sbi_vi.potentials.likelihood import (
     LikelihoodBasedPotential,
     likelihood_estimator_based_potential,
@@ -14,6 +15,8 @@ __all__ = [
     "CustomPotential",
     "LikelihoodBasedPotential",
     "RatioBasedPotential",
+    "SbiStylePotential",
+    "is_sbi_style_potential",
     "likelihood_estimator_based_potential",
     "ratio_estimator_based_potential",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
-from torch.distributions.transforms import Transform
+from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_vi.potentials.base import EstimatorPotential
 from sbi_vi.priors import process_prior, theta_transform
@@ -24,7 +25,11 @@ def _log_ratio(ratio: object, theta: Tensor, x: Tensor) -> Tensor:
     fn = getattr(ratio, "log_ratio", None)
     if callable(fn):
         return fn(theta, x)
-    return ratio(theta, x)  # type: ignore[operator]
+    # a classifier as sbi's: logits ``[N]`` or ``[N, 1]`` of flat pairs θ [N, D], x [N, L]
+    batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
+    flat_theta = theta.expand(*batch, theta.shape[-1]).reshape(-1, theta.shape[-1])
+    flat_x = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    return ratio(flat_theta, flat_x).reshape(batch)  # type: ignore[operator]
 
 
 class RatioBasedPotential(EstimatorPotential):
@@ -61,8 +66,28 @@ class RatioBasedPotential(EstimatorPotential):
 
 
 def ratio_estimator_based_potential(
-    ratio_estimator: object, prior: object, x_o: Tensor | None = None
+    ratio_estimator: object,
+    prior: object,
+    x_o: Tensor | None = None,
+    enable_transform: bool = True,
 ) -> tuple[RatioBasedPotential, Transform]:
-    """Return ``(potential, theta_transform)`` for a ratio estimator, as in sbi."""
+    """Return ``(potential, theta_transform)`` for a ratio estimator, as in sbi.
+
+    The potential is an object as sbi's (``set_x``, ``prior``, ``ratio_estimator``,
+    ``__call__(theta, track_gradients=True)``); with ``x_o=None`` it serves
+    ``VIPosterior.train_amortized``.
+
+    Args:
+        ratio_estimator: See :class:`RatioBasedPotential` (an NRE network, a function, or
+            an sbi classifier ``net(theta, x) -> logits``).
+        prior: The prior.
+        x_o: Observation(s), ``[L]`` or ``[N, L]`` (default: none yet).
+        enable_transform: As in sbi: ``False`` returns the identity as ``theta_transform``.
+
+    Returns:
+        The potential and the map from the prior's support to unconstrained space.
+    """
     potential = RatioBasedPotential(ratio_estimator, prior, x_o)
+    if not enable_transform:
+        return potential, identity_transform
     return potential, theta_transform(potential.prior)
