@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,37 +21,24 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from sbi_vi._checks import check_positive_int, check_unknown_kwargs, seeded
-from sbi_vi.singlecell.callbacks import EarlyStopping, LearningRateRecorder, adapt_callbacks
-from sbi_vi.singlecell.fields import SETUP_KEY, AnnDataSetup, setup_anndata
-from sbi_vi.singlecell.loader import CellBatch, CellData, resolve_indices
+from sbi_vi._checks import seeded
+from sbi_vi.singlecell.anndata_model import AnnDataModel
+from sbi_vi.singlecell.fields import AnnDataSetup
+from sbi_vi.singlecell.loader import CellBatch, CellData
 from sbi_vi.singlecell.module import VAE
 from sbi_vi.singlecell.persistence import (
     adata_path,
-    model_path,
-    read_state,
-    saved_setup,
-    write_state,
-)
-from sbi_vi.singlecell.registry import (
-    UUID_KEY,
-    AnnDataManager,
-    assign_uuid,
-    attrdict,
-    setup_args,
+    read_model,
+    write_model,
 )
 from sbi_vi.singlecell.settings import settings
-from sbi_vi.singlecell.split import split_cells
-from sbi_vi.singlecell.trainer import TrainerOptions, merge_kwargs
+from sbi_vi.singlecell.trainer import TrainerOptions, merge_kwargs, resolve_training
 from sbi_vi.singlecell.training import TrainingPlan, train_module
 from sbi_vi.vi.divergences import Divergence
 
-__all__ = ["DEFAULT_BATCH_SIZE", "BaseSingleCellModel"]
+__all__ = ["BaseSingleCellModel"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 128
-"""The default of ``settings.batch_size`` (cells per forward pass when ``batch_size=None``)."""
 
 
 def _resolve_device(accelerator: str) -> torch.device:
@@ -66,233 +53,29 @@ def _resolve_device(accelerator: str) -> torch.device:
     raise ValueError(f"`accelerator` must be 'auto', 'cpu' or 'gpu', got {accelerator!r}.")
 
 
-def _batch_from_dict(tensors: dict[str, Any]) -> CellBatch:
-    """A :class:`CellBatch` from scvi-tools' minibatch keys (``X``, ``batch``, ...)."""
-    if "X" not in tensors:
-        raise ValueError("A `dataloader` minibatch must hold the counts under the key 'X'.")
-    x = torch.as_tensor(tensors["X"], dtype=torch.float32)
-    n = x.shape[0]
-
-    def long(key: str, width: int | None = None) -> Tensor:
-        value = tensors.get(key)
-        if value is None:
-            return torch.zeros((n,) if width is None else (n, width), dtype=torch.long)
-        value = torch.as_tensor(value).long()
-        return value.reshape(n) if width is None else value.reshape(n, -1)
-
-    cont = tensors.get("extra_continuous_covs")
-    size_factor = tensors.get("size_factor")
-    return CellBatch(
-        x=x,
-        batch_index=long("batch"),
-        labels=long("labels"),
-        cat_covs=long("extra_categorical_covs", 0)
-        if tensors.get("extra_categorical_covs") is None
-        else long("extra_categorical_covs", -1),
-        cont_covs=torch.zeros(n, 0) if cont is None else torch.as_tensor(cont).float(),
-        size_factor=None if size_factor is None else torch.as_tensor(size_factor).reshape(n),
-        indices=torch.arange(n),
-    )
-
-
-class BaseSingleCellModel:
-    """What every single-cell model has: its AnnData set-up, module, training, files.
+class BaseSingleCellModel(AnnDataModel):
+    """What every single-cell model has: its AnnData (:class:`AnnDataModel`), module,
+    training and files.
 
     Subclasses implement :meth:`_build_module` (module from the set-up and the model's
     ``init_params``).
     """
 
     module: VAE
-    setup: AnnDataSetup
 
     def __init__(self, adata: Any, **init_params: Any):
-        record = getattr(adata, "uns", {}).get(SETUP_KEY)
-        if record is None:
-            raise ValueError(
-                f"`adata` was not set up; call `{type(self).__name__}.setup_anndata(adata, ...)` "
-                "first."
-            )
-        self.setup = AnnDataSetup.from_dict(record)
-        self._known_uuids: set[str] = set()
-        self._adata = adata
-        self._register(adata)
+        super().__init__(adata)
         self.init_params_ = dict(init_params)
-        self._data_cache: tuple[int, CellData] | None = None
         with seeded(settings.seed):  # the weights: reproducible under settings.seed
             self.module = self._build_module(**init_params)
         self.is_trained_ = False
         self.history_: dict[str, list[float]] = {}
-        self.device = torch.device("cpu")
         self.train_indices = np.zeros(0, dtype=np.int64)
         self.validation_indices = np.zeros(0, dtype=np.int64)
         self.test_indices = np.zeros(0, dtype=np.int64)
 
-    # -- set-up and data ---------------------------------------------------------------
-
-    @classmethod
-    def setup_anndata(
-        cls,
-        adata: Any,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        size_factor_key: str | None = None,
-        categorical_covariate_keys: Sequence[str] | None = None,
-        continuous_covariate_keys: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Declare the fields of ``adata`` the model reads (see
-        :func:`sbi_vi.singlecell.fields.setup_anndata`); writes ``adata.uns["_scvi_uuid"]``."""
-        check_unknown_kwargs("setup_anndata()", kwargs, ())
-        setup_anndata(
-            adata,
-            layer=layer,
-            batch_key=batch_key,
-            labels_key=labels_key,
-            size_factor_key=size_factor_key,
-            categorical_covariate_keys=categorical_covariate_keys,
-            continuous_covariate_keys=continuous_covariate_keys,
-        )
-        assign_uuid(adata, overwrite=True)
-
     def _build_module(self, **init_params: Any) -> VAE:  # pragma: no cover - interface
         raise NotImplementedError
-
-    @property
-    def adata(self) -> Any:
-        """The AnnData the model reads by default; assigning another one checks it against
-        the model's set-up (genes, columns, categories) first."""
-        return self._adata
-
-    @adata.setter
-    def adata(self, adata: Any) -> None:
-        if adata is None:
-            raise ValueError("`adata` cannot be None.")
-        self.setup.transfer(adata)
-        self._register(adata)
-        self._adata = adata
-        self._data_cache = None
-
-    def _register(self, adata: Any) -> None:
-        self._known_uuids.add(assign_uuid(adata))
-
-    def _validate_adata(self, adata: Any | None) -> Any:
-        """``adata`` (checked against the model's set-up), or the model's own AnnData."""
-        if adata is None:
-            return self._adata
-        if adata is not self._adata:
-            self.setup.transfer(adata)
-            self._register(adata)
-        return adata
-
-    @property
-    def adata_manager(self) -> AnnDataManager:
-        """A read-only view of the set-up of :attr:`adata` (scvi-tools' ``AnnDataManager``:
-        ``summary_stats``, ``registry``, ``get_from_registry``, ``get_state_registry``)."""
-        return AnnDataManager(self._adata, self.setup, type(self).__name__)
-
-    def get_anndata_manager(self, adata: Any, required: bool = False) -> AnnDataManager | None:
-        """The set-up view of ``adata`` if this model has seen it, else ``None``.
-
-        Raises:
-            ValueError: With ``required=True``, for an AnnData never set up or never given
-                to this model.
-        """
-        if adata is None:
-            return None
-        uuid = getattr(adata, "uns", {}).get(UUID_KEY)
-        if uuid is None or SETUP_KEY not in adata.uns:
-            if required:
-                raise ValueError(
-                    f"Please set up your AnnData with {type(self).__name__}.setup_anndata first."
-                )
-            return None
-        if str(uuid) not in self._known_uuids:
-            if required:
-                raise ValueError(
-                    "This AnnData was set up but never given to this model; pass it to one of "
-                    "the model's methods (`adata=`) or assign `model.adata = adata` first."
-                )
-            return None
-        return AnnDataManager(adata, self.setup, type(self).__name__)
-
-    @property
-    def registry_(self) -> dict[str, Any]:
-        """scvi-tools' registry of the set-up (``setup_args``, ``field_registries``, ...)."""
-        return self.adata_manager.registry
-
-    @property
-    def registry(self) -> dict[str, Any]:
-        """The same as :attr:`registry_`."""
-        return self.registry_
-
-    @property
-    def summary_stats(self) -> attrdict:
-        """``n_cells``, ``n_vars``, ``n_batch``, ``n_labels``, ... of :attr:`adata`."""
-        return self.adata_manager.summary_stats
-
-    def view_anndata_setup(
-        self, adata: Any | None = None, hide_state_registries: bool = False
-    ) -> None:
-        """Print the set-up of :attr:`adata` or of ``adata``.
-
-        Raises:
-            ValueError: ``adata`` was never set up with ``setup_anndata``.
-        """
-        adata = self._adata if adata is None else adata
-        if SETUP_KEY not in getattr(adata, "uns", {}):
-            raise ValueError(
-                f"Given AnnData not set up with {type(self).__name__}.setup_anndata; cannot "
-                "view its set-up."
-            )
-        setup = AnnDataSetup.from_dict(adata.uns[SETUP_KEY])
-        AnnDataManager(adata, setup, type(self).__name__).view_registry(
-            hide_state_registries=hide_state_registries
-        )
-
-    @staticmethod
-    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
-        """Print the ``setup_anndata`` arguments of a model saved in ``dir_path``."""
-        state = read_state(dir_path, prefix, what="single-cell model")
-        setup = saved_setup(state)
-        print(f"Setup via `{state['class']}.setup_anndata` with arguments:")
-        for key, value in setup_args(setup).items():
-            print(f"  {key}: {value!r}")
-
-    @property
-    def is_trained(self) -> bool:
-        """Whether :meth:`train` has run (scvi-tools' name; ``is_trained_`` as well)."""
-        return self.is_trained_
-
-    def _cell_data(self, adata: Any | None) -> CellData:
-        adata = self._validate_adata(adata)
-        if adata is self._adata:
-            if self._data_cache is None or self._data_cache[0] != id(adata):
-                self._data_cache = (id(adata), CellData(adata, self.setup))
-            return self._data_cache[1]
-        return CellData(adata, self.setup)
-
-    def _minibatches(
-        self,
-        adata: Any | None = None,
-        indices: Sequence[int] | np.ndarray | None = None,
-        batch_size: int | None = None,
-        dataloader: Iterable[Any] | None = None,
-    ) -> Iterator[CellBatch]:
-        """Minibatches of cells on the model's device (``dataloader`` wins if given)."""
-        if dataloader is not None:
-            for item in dataloader:
-                cells = item if isinstance(item, CellBatch) else _batch_from_dict(item)
-                yield cells.to(self.device)
-            return
-        data = self._cell_data(adata)
-        idx = resolve_indices(indices, data.n_obs)
-        for cells in data.minibatches(idx, batch_size or settings.batch_size):
-            yield cells.to(self.device)
-
-    def _n_cells(self, adata: Any | None, indices: Any) -> int:
-        adata = self._validate_adata(adata)
-        return len(resolve_indices(indices, adata.n_obs))
 
     # -- training ----------------------------------------------------------------------
 
@@ -372,62 +155,22 @@ class BaseSingleCellModel:
             )
         del load_sparse_tensor
         _check_devices(devices)
-        options = TrainerOptions.from_kwargs(trainer_config, trainer_kwargs)
-        plan = TrainingPlan.from_kwargs(merge_kwargs(plan_config, plan_kwargs, name="plan"))
-        split_kwargs = dict(datasplitter_kwargs or {})
-        check_unknown_kwargs(
-            "`datasplitter_kwargs`", split_kwargs, ("drop_last", "external_indexing")
-        )
-        drop_last = bool(split_kwargs.get("drop_last", False))
-        batch_size = check_positive_int("batch_size", batch_size)
         n_cells = self._adata.n_obs
-        if max_epochs is None:
-            max_epochs = int(min(round((20000 / n_cells) * 400), 400))
-        if seed is None:
-            seed = settings.seed
-        if seed is None:
-            seed = int(torch.randint(2**31 - 1, (1,)).item())  # honours torch.manual_seed
-        seed = check_positive_int("seed", seed, allow_zero=True)
-        split = split_cells(
+        run = resolve_training(
             n_cells,
+            max_epochs=max_epochs,
             train_size=train_size,
             validation_size=validation_size,
             shuffle_set_split=shuffle_set_split,
             batch_size=batch_size,
-            drop_last=drop_last,
-            external_indexing=split_kwargs.get("external_indexing"),
-            seed=seed,
+            early_stopping=early_stopping,
+            datasplitter_kwargs=datasplitter_kwargs,
+            plan=TrainingPlan.from_kwargs(merge_kwargs(plan_config, plan_kwargs, name="plan")),
+            options=TrainerOptions.from_kwargs(trainer_config, trainer_kwargs),
+            seed=settings.seed if seed is None else seed,
+            batch_norm=_has_batch_norm(self.module),
         )
-        if len(split.train) % batch_size == 1 and not drop_last and _has_batch_norm(self.module):
-            raise ValueError(
-                f"The last training minibatch would hold 1 cell ({len(split.train)} training "
-                f"cells, `batch_size={batch_size}`), which batch normalisation cannot train on; "
-                "pass `datasplitter_kwargs={'drop_last': True}` or change `batch_size` or "
-                "`train_size`."
-            )
-        callbacks = adapt_callbacks(options.callbacks)
-        if options.learning_rate_monitor:
-            callbacks.append(LearningRateRecorder())
-        if options.early_stopping or early_stopping:
-            callbacks.append(
-                EarlyStopping(
-                    monitor=options.early_stopping_monitor,
-                    patience=options.early_stopping_patience,
-                    min_delta=options.early_stopping_min_delta,
-                    mode=options.early_stopping_mode,
-                    warmup_epochs=options.early_stopping_warmup_epochs,
-                )
-            )
-        validate_every = _validation_frequency(options, plan, callbacks)
-        if (
-            validate_every is not None
-            and len(split.validation) == 0
-            and (options.check_val_every_n_epoch is None)
-        ):
-            raise ValueError(
-                "Early stopping or the plateau scheduler watches a validation metric, but the "
-                "split leaves no validation cells; use `train_size` < 1."
-            )
+        split, seed = run.split, run.seed
         device = _resolve_device(accelerator)
         self.to_device(device)
         data = _DeviceData(self._cell_data(None), device)
@@ -440,17 +183,17 @@ class BaseSingleCellModel:
                 split.train,
                 split.validation if len(split.validation) else None,
                 self._divergence(),
-                max_epochs=check_positive_int("max_epochs", max_epochs),
-                batch_size=batch_size,
-                plan=plan,
-                validate_every=validate_every,
-                callbacks=callbacks,
+                max_epochs=run.max_epochs,
+                batch_size=run.batch_size,
+                plan=run.plan,
+                validate_every=run.validate_every,
+                callbacks=run.callbacks,
                 history=self.history_ if self.is_trained_ else None,
-                show_progress_bar=show_progress_bar and options.enable_progress_bar,
+                show_progress_bar=show_progress_bar and run.options.enable_progress_bar,
                 seed=seed + 2,
-                drop_last=drop_last,
-                clip_value=options.gradient_clip_val or None,
-                max_steps=options.max_steps,
+                drop_last=run.drop_last,
+                clip_value=run.options.gradient_clip_val or None,
+                max_steps=run.options.max_steps,
             )
         self.is_trained_ = True
 
@@ -506,12 +249,6 @@ class BaseSingleCellModel:
         """
         if save_kwargs:
             raise TypeError(f"`save_kwargs` has no options here, got {sorted(save_kwargs)}.")
-        dir_path = os.fspath(dir_path)
-        if os.path.exists(dir_path) and not overwrite:
-            raise ValueError(
-                f"{dir_path!r} already exists; pass `overwrite=True` to write into it."
-            )
-        os.makedirs(dir_path, exist_ok=True)
         state = {
             "class": type(self).__name__,
             "module_state": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
@@ -524,7 +261,7 @@ class BaseSingleCellModel:
             "validation_indices": self.validation_indices,
             "test_indices": self.test_indices,
         }
-        write_state(state, dir_path, prefix)
+        write_model(state, dir_path, prefix, overwrite=overwrite)
         if save_anndata:
             self._adata.write_h5ad(adata_path(dir_path, prefix), **anndata_write_kwargs)
 
@@ -553,26 +290,7 @@ class BaseSingleCellModel:
         if backup_url is not None:
             raise ValueError("`backup_url` is not offered: sbi_vi does not download files.")
         _check_devices(device)
-        what = f"{cls.__name__} model"
-        state = read_state(dir_path, prefix, what=what)
-        if state["class"] != cls.__name__:
-            raise ValueError(
-                f"{model_path(dir_path, prefix)!r} holds a {state['class']} model, not a "
-                f"{cls.__name__}; load it with {state['class']}.load."
-            )
-        setup = saved_setup(state)
-        if adata is None:
-            path = adata_path(dir_path, prefix)
-            if not os.path.exists(path):
-                raise ValueError(
-                    f"{os.fspath(dir_path)!r} holds no AnnData (saved without "
-                    "`save_anndata=True`); pass `adata`."
-                )
-            import anndata
-
-            adata = anndata.read_h5ad(path)
-        setup.transfer(adata)
-        adata.uns[SETUP_KEY] = setup.to_dict()
+        state, setup, adata = read_model(cls.__name__, dir_path, prefix, adata)
         model = cls.__new__(cls)
         model._restore(adata, setup, state)
         model.to_device(_resolve_device(accelerator))
@@ -616,21 +334,6 @@ def _check_devices(devices: Any) -> None:
     raise ValueError(
         f"`devices={devices!r}` is not offered: sbi_vi.singlecell trains on one device."
     )
-
-
-def _validation_frequency(
-    options: TrainerOptions, plan: TrainingPlan, callbacks: list[Any]
-) -> int | None:
-    """Validate every this many epochs: the user's choice, else every epoch when early
-    stopping or the plateau scheduler watches a validation metric, else never."""
-    if options.check_val_every_n_epoch is not None:
-        return options.check_val_every_n_epoch
-    watched = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
-    if plan.reduce_lr_on_plateau:
-        watched.append(plan.lr_scheduler_metric)
-    if any(key.endswith("_validation") or key == "validation_loss" for key in watched):
-        return 1
-    return None
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:

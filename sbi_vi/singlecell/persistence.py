@@ -13,9 +13,9 @@ import os
 from typing import Any
 
 from sbi_vi._io import VERSION_KEY, _version, load_torch_file
-from sbi_vi.singlecell.fields import AnnDataSetup
+from sbi_vi.singlecell.fields import SETUP_KEY, AnnDataSetup
 
-__all__ = ["ADATA_FILE", "MODEL_FILE", "read_state", "write_state"]
+__all__ = ["ADATA_FILE", "MODEL_FILE", "read_model", "read_state", "write_model"]
 
 MODEL_FILE = "model.pt"
 ADATA_FILE = "adata.h5ad"
@@ -30,11 +30,54 @@ def adata_path(dir_path: str | os.PathLike, prefix: str | None) -> str:
     return os.path.join(os.fspath(dir_path), (prefix or "") + ADATA_FILE)
 
 
-def write_state(state: dict[str, Any], dir_path: str | os.PathLike, prefix: str | None) -> None:
-    """Write ``state`` (with the sbi_vi version) to ``dir_path/<prefix>model.pt``."""
+def write_model(
+    state: dict[str, Any], dir_path: str | os.PathLike, prefix: str | None, *, overwrite: bool
+) -> None:
+    """Write ``state`` (with the sbi_vi version) to ``dir_path/<prefix>model.pt``.
+
+    Raises:
+        ValueError: If ``dir_path`` exists and ``overwrite`` is False.
+    """
     import torch
 
+    dir_path = os.fspath(dir_path)
+    if os.path.exists(dir_path) and not overwrite:
+        raise ValueError(f"{dir_path!r} already exists; pass `overwrite=True` to write into it.")
+    os.makedirs(dir_path, exist_ok=True)
     torch.save({**state, VERSION_KEY: _version()}, model_path(dir_path, prefix))
+
+
+def read_model(
+    class_name: str, dir_path: str | os.PathLike, prefix: str | None, adata: Any | None
+) -> tuple[dict[str, Any], AnnDataSetup, Any]:
+    """The saved state, its set-up, and the AnnData checked against it (``adata``, or the
+    saved one when ``None``) for loading a ``class_name`` model.
+
+    Raises:
+        FileNotFoundError: No saved model in ``dir_path``.
+        ValueError: A truncated, corrupted or foreign file, another model class, no saved
+            AnnData and none given, or an AnnData that does not match the set-up.
+    """
+    state = read_state(dir_path, prefix, what=f"{class_name} model")
+    if state["class"] != class_name:
+        raise ValueError(
+            f"{model_path(dir_path, prefix)!r} holds a {state['class']} model, not a "
+            f"{class_name}; load it with {state['class']}.load."
+        )
+    setup = saved_setup(state)
+    if adata is None:
+        path = adata_path(dir_path, prefix)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"{os.fspath(dir_path)!r} holds no AnnData (saved without `save_anndata=True`); "
+                "pass `adata`."
+            )
+        import anndata
+
+        adata = anndata.read_h5ad(path)
+    setup.transfer(adata)
+    adata.uns[SETUP_KEY] = setup.to_dict()
+    return state, setup, adata
 
 
 def read_state(dir_path: str | os.PathLike, prefix: str | None, *, what: str) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class AnnDataManager:
 
     Example:
         >>> from sbi_vi.singlecell import SCVI, synthetic_counts
-        >>> adata = synthetic_counts(30, 10, n_batches=2, seed=0)
+        >>> adata = synthetic_counts(30, 10, n_de_genes=2, n_batches=2, seed=0)
         >>> SCVI.setup_anndata(adata, batch_key="batch")
         >>> manager = SCVI(adata, n_hidden=8).adata_manager
         >>> manager.summary_stats.n_batch, manager.get_from_registry("batch").shape

@@ -16,9 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from sbi_vi._checks import check_positive_float, check_positive_int
+import torch
 
-__all__ = ["TrainerOptions", "merge_kwargs"]
+from sbi_vi._checks import check_positive_float, check_positive_int, check_unknown_kwargs
+from sbi_vi.singlecell.callbacks import EarlyStopping, LearningRateRecorder, adapt_callbacks
+from sbi_vi.singlecell.split import DataSplit, split_cells
+from sbi_vi.singlecell.training import TrainingPlan
+
+__all__ = ["TrainerOptions", "TrainingRun", "merge_kwargs", "resolve_training"]
 
 # Lightning Trainer arguments accepted without effect here (sbi_vi has no Lightning trainer;
 # none of them changes the trained weights).
@@ -140,6 +145,11 @@ class TrainerOptions:
                 f"`precision={precision!r}` is not offered: sbi_vi.singlecell trains in float32."
             )
         merged.pop("accumulate_grad_batches", None)
+        if "callbacks" in merged:
+            callbacks = merged["callbacks"] or ()
+            merged["callbacks"] = (
+                tuple(callbacks) if isinstance(callbacks, list | tuple) else (callbacks,)
+            )
         options = cls(**{k: v for k, v in merged.items() if k in known})
         options._validate()
         return options
@@ -175,7 +185,108 @@ class TrainerOptions:
                 "`early_stopping=True` to keep the best weights and `model.save(dir_path)`."
             )
 
-    @property
-    def validation_needed(self) -> bool:
-        """Whether validation metrics are needed every epoch when no frequency is given."""
-        return self.early_stopping or self.learning_rate_monitor
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Everything ``train()`` resolved from its arguments before the first step."""
+
+    max_epochs: int
+    batch_size: int
+    split: DataSplit
+    plan: TrainingPlan
+    options: TrainerOptions
+    callbacks: list[Any]
+    validate_every: int | None
+    drop_last: bool
+    seed: int
+
+
+def resolve_training(
+    n_cells: int,
+    *,
+    max_epochs: int | None,
+    train_size: float | None,
+    validation_size: float | None,
+    shuffle_set_split: bool,
+    batch_size: int,
+    early_stopping: bool,
+    datasplitter_kwargs: Mapping[str, Any] | None,
+    plan: TrainingPlan,
+    options: TrainerOptions,
+    seed: int | None,
+    batch_norm: bool,
+) -> TrainingRun:
+    """Resolve ``train()``'s arguments: epochs, seed, split, callbacks, validation.
+
+    Raises:
+        TypeError: Unknown ``datasplitter_kwargs``.
+        ValueError: Sizes out of range, a last training minibatch of one cell under batch
+            normalisation without ``drop_last``, or a watched validation metric without
+            validation cells.
+    """
+    split_kwargs = dict(datasplitter_kwargs or {})
+    check_unknown_kwargs("`datasplitter_kwargs`", split_kwargs, ("drop_last", "external_indexing"))
+    drop_last = bool(split_kwargs.get("drop_last", False))
+    batch_size = check_positive_int("batch_size", batch_size)
+    if max_epochs is None:  # scvi-tools' heuristic
+        max_epochs = int(min(round((20000 / n_cells) * 400), 400))
+    max_epochs = check_positive_int("max_epochs", max_epochs)
+    if seed is None:
+        seed = int(torch.randint(2**31 - 1, (1,)).item())  # honours torch.manual_seed
+    seed = check_positive_int("seed", seed, allow_zero=True)
+    split = split_cells(
+        n_cells,
+        train_size=train_size,
+        validation_size=validation_size,
+        shuffle_set_split=shuffle_set_split,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        external_indexing=split_kwargs.get("external_indexing"),
+        seed=seed,
+    )
+    if batch_norm and len(split.train) % batch_size == 1 and not drop_last:
+        raise ValueError(
+            f"The last training minibatch would hold 1 cell ({len(split.train)} training "
+            f"cells, `batch_size={batch_size}`), which batch normalisation cannot train on; "
+            "pass `datasplitter_kwargs={'drop_last': True}` or change `batch_size` or "
+            "`train_size`."
+        )
+    callbacks = adapt_callbacks(options.callbacks)
+    if options.learning_rate_monitor:
+        callbacks.append(LearningRateRecorder())
+    if options.early_stopping or early_stopping:
+        callbacks.append(
+            EarlyStopping(
+                monitor=options.early_stopping_monitor,
+                patience=options.early_stopping_patience,
+                min_delta=options.early_stopping_min_delta,
+                mode=options.early_stopping_mode,
+                warmup_epochs=options.early_stopping_warmup_epochs,
+            )
+        )
+    validate_every = options.check_val_every_n_epoch
+    if validate_every is None and _watches_validation(plan, callbacks):
+        if len(split.validation) == 0:
+            raise ValueError(
+                "Early stopping or the plateau scheduler watches a validation metric, but the "
+                "split leaves no validation cells; use `train_size` < 1."
+            )
+        validate_every = 1  # as scvi-tools: every epoch when something watches it
+    return TrainingRun(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        split=split,
+        plan=plan,
+        options=options,
+        callbacks=callbacks,
+        validate_every=validate_every,
+        drop_last=drop_last,
+        seed=seed,
+    )
+
+
+def _watches_validation(plan: TrainingPlan, callbacks: list[Any]) -> bool:
+    watched = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if plan.reduce_lr_on_plateau:
+        watched.append(plan.lr_scheduler_metric)
+    return any(key.endswith("_validation") or key == "validation_loss" for key in watched)

@@ -154,28 +154,45 @@ def kl_weight(plan: TrainingPlan, epoch: int, step: int) -> float:
     return high
 
 
-@dataclass
 class _Running:
-    """Sums of per-cell metrics over an epoch."""
+    """Sums of per-cell metrics over an epoch, kept on the module's device.
 
-    n: int = 0
-    elbo: float = 0.0
-    reconstruction: float = 0.0
-    kl: float = 0.0
-    loss: float = 0.0
-    steps: int = 0
+    Adding a minibatch's metrics launches additions only; the host reads the sums once per
+    epoch (:meth:`means`), so a GPU run does not wait for every minibatch.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
 
     def reset(self) -> None:
         self.n, self.steps = 0, 0
-        self.elbo = self.reconstruction = self.kl = self.loss = 0.0
+        self._sums: Tensor | None = None
 
     def add(self, out: LossOutput, n_cells: int) -> None:
         self.n += n_cells
-        self.elbo += float(out.elbo.sum())
-        self.reconstruction += float(out.reconstruction_loss.sum())
-        self.kl += float(out.kl_local.sum())
-        self.loss += float(out.loss.detach())
         self.steps += 1
+        parts = torch.stack(
+            (
+                out.elbo.detach().sum(),
+                out.reconstruction_loss.detach().sum(),
+                out.kl_local.detach().sum(),
+                out.loss.detach().reshape(()),
+            )
+        ).double()
+        self._sums = parts if self._sums is None else self._sums + parts
+
+    def means(self) -> dict[str, float]:
+        """Per-cell means of ELBO, reconstruction and KL; the loss per step."""
+        if self._sums is None:
+            return {"elbo": 0.0, "reconstruction_loss": 0.0, "kl_local": 0.0, "loss": 0.0}
+        elbo, rec, kl, loss = self._sums.tolist()
+        n = max(self.n, 1)
+        return {
+            "elbo": elbo / n,
+            "reconstruction_loss": rec / n,
+            "kl_local": kl / n,
+            "loss": loss / max(self.steps, 1),
+        }
 
 
 def evaluate_cells(
@@ -202,13 +219,7 @@ def evaluate_cells(
                 running.add(out, cells.x.shape[0])
     finally:
         module.train(was_training)
-    n = max(running.n, 1)
-    return {
-        "elbo": running.elbo / n,
-        "reconstruction_loss": running.reconstruction / n,
-        "kl_local": running.kl / n,
-        "loss": running.loss / max(running.steps, 1),
-    }
+    return running.means()
 
 
 @dataclass
@@ -243,14 +254,13 @@ class EpochMonitor(StoppingRule):
         hit_max_steps = 0 < self.max_steps <= iteration + 1
         if (iteration + 1) % self.steps_per_epoch:
             return hit_max_steps  # inside an epoch (a partial epoch records no metrics)
-        r = self.running
-        n = max(r.n, 1)
+        means = self.running.means()
         epoch = self.epoch_offset + self._epoch
         record = {
-            "elbo_train": -r.elbo / n,
-            "reconstruction_loss_train": r.reconstruction / n,
-            "kl_local_train": r.kl / n,
-            "train_loss": r.loss / max(r.steps, 1),
+            "elbo_train": -means["elbo"],
+            "reconstruction_loss_train": means["reconstruction_loss"],
+            "kl_local_train": means["kl_local"],
+            "train_loss": means["loss"],
             "kl_global_train": 0.0,
             "kl_weight": self.kl_weights[-1] if self.kl_weights else 1.0,
             "lr": float(self.optimizer.param_groups[0]["lr"]),
