@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
-from torch.distributions import biject_to
+from torch.distributions import Distribution, biject_to
 
 from sbi_vi.ppl.runtime import Message
 
@@ -33,11 +33,28 @@ __all__ = [
 InitFn = Callable[[Message], Tensor]
 
 
+def no_bijection_error(name: str, fn: Distribution) -> ValueError:
+    """The error for a latent site whose support no registered bijection reaches."""
+    return ValueError(
+        f"latent site {name!r}: no bijection from unconstrained space onto the support "
+        f"{fn.support} of {type(fn).__name__} is registered with "
+        "torch.distributions.biject_to, so no autoguide can reach it. Reparametrise the site "
+        "onto a registered support (real, positive, interval, simplex, corr_cholesky, ...)."
+    )
+
+
 def init_to_feasible(msg: Message) -> Tensor:
-    """Zero in unconstrained space, mapped into the support (Pyro's ``AutoNormal`` default)."""
+    """Zero in unconstrained space, mapped into the support (Pyro's ``AutoNormal`` default).
+
+    Raises:
+        ValueError: If no bijection onto the site's support is registered.
+    """
     fn = msg.fn
     shape = fn.batch_shape + fn.event_shape
-    transform = biject_to(fn.support)
+    try:
+        transform = biject_to(fn.support)
+    except NotImplementedError:
+        raise no_bijection_error(msg.name, fn) from None
     zeros = torch.zeros(transform.inverse_shape(shape), dtype=torch.get_default_dtype())
     return transform(zeros)
 

@@ -25,7 +25,7 @@ from torch.distributions.constraints import Constraint
 from torch.distributions.transforms import ExpTransform, IndependentTransform, Transform
 
 from sbi_vi.ppl.handlers import block, seed, trace
-from sbi_vi.ppl.infer.init import init_to_feasible
+from sbi_vi.ppl.infer.init import init_to_feasible, no_bijection_error
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.ppl.particles import PARTICLE_PLATE
@@ -209,7 +209,7 @@ def inspect_model(
         store=store,
         max_plate_nesting=k,
         log_joint=False,
-        init_fn=_draw_or_feasible if init_loc_fn is None else _guarded(init_loc_fn),
+        init_fn=_checked(_draw_or_feasible if init_loc_fn is None else _guarded(init_loc_fn)),
     )
     with block(), seed(rng_seed=rng_seed), torch.no_grad():
         with trace() as tr, runner, particle_plate(1, k):
@@ -229,7 +229,6 @@ def inspect_model(
         shape = tuple(value.shape[1:])
         support = fn.support
         transform = _site_bijector(name, fn)
-        _check_init(name, fn, value, transform)
         # With the particle dim, so that support parameters of batch shape [1, *batch]
         # (an expanded Uniform's bounds) do not add a leading dim to the event's shape.
         ushape = shape if transform is None else tuple(transform.inverse_shape(value.shape))[1:]
@@ -288,17 +287,28 @@ def _site_bijector(name: str, fn: Any) -> Transform | None:
     try:
         return bijector(fn.support)
     except NotImplementedError:
-        raise ValueError(
-            f"latent site {name!r}: no bijection from unconstrained space onto the support "
-            f"{fn.support} of {type(fn).__name__} is registered with "
-            "torch.distributions.biject_to, so no autoguide can reach it. Reparametrise the "
-            "site onto a registered support (real, positive, interval, simplex, "
-            "corr_cholesky, ...)."
-        ) from None
+        raise no_bijection_error(name, fn) from None
+
+
+def _checked(init_fn: Callable[[Message], Tensor]) -> Callable[[Message], Tensor]:
+    """``init_fn`` whose values are checked as they are made, before later sites use them."""
+
+    def init(msg: Message) -> Tensor:
+        value = init_fn(msg)
+        if not msg.fn.support.is_discrete:  # discrete sites are refused after the run
+            _check_init(msg.name, msg.fn, value, _site_bijector(msg.name, msg.fn))
+        return value
+
+    return init
 
 
 def _check_init(name: str, fn: Any, value: Tensor, transform: Transform | None) -> None:
     """An initial value ``[1, *shape]`` must have the draw's shape and map to finite ``u``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"latent site {name!r}: the init strategy must return a Tensor, got "
+            f"{type(value).__name__}."
+        )
     expected = tuple(fn.batch_shape + fn.event_shape)
     if tuple(value.shape) != expected:
         raise ValueError(
