@@ -361,35 +361,35 @@ def encoder_family(
         TypeError: Unknown ``q_kwargs``.
     """
     q_kwargs = dict(q_kwargs or {})
-    if var_activation is not None or variance:
-        if q != "gaussian_diag":
-            raise ValueError(
-                "`var_activation` and `extra_encoder_kwargs['var_eps']` shape the variance of "
-                f"the diagonal Gaussian encoder (q='gaussian_diag'); got q={q!r}."
-            )
-        if q_kwargs:
-            raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
-        return ActivatedDiagonalGaussian(
-            latent_size,
-            shift=shift,
-            context_size=n_hidden,
-            hidden_features=n_hidden,
-            context_layers=0,
-            embedding_net=body,
-            var_activation=torch.exp if var_activation is None else var_activation,
-            **variance,
-        )
-    family = build_family(
-        q,
-        event_size=latent_size,
-        shift=shift,
-        context_size=n_hidden,
-        num_transforms=q_kwargs.pop("num_transforms", 3),
-        hidden_features=q_kwargs.pop("hidden_features", n_hidden),
-        direction=q_kwargs.pop("direction", "sample"),
-        embedding_net=body,
-        context_layers=0,
-    )
+    options = {
+        "num_transforms": q_kwargs.pop("num_transforms", 3),
+        "hidden_features": q_kwargs.pop("hidden_features", n_hidden),
+        "direction": q_kwargs.pop("direction", "sample"),
+    }
     if q_kwargs:
         raise TypeError(f"Unknown `q_kwargs`: {sorted(q_kwargs)}.")
-    return family
+    if var_activation is None and not variance:
+        return build_family(
+            q,
+            event_size=latent_size,
+            shift=shift,
+            context_size=n_hidden,
+            embedding_net=body,
+            context_layers=0,
+            **options,
+        )
+    if q != "gaussian_diag":
+        raise ValueError(
+            "`var_activation` and `extra_encoder_kwargs['var_eps']` shape the variance of "
+            f"the diagonal Gaussian encoder (q='gaussian_diag'); got q={q!r}."
+        )
+    return ActivatedDiagonalGaussian(
+        latent_size,
+        shift=shift,
+        context_size=n_hidden,
+        hidden_features=options["hidden_features"],
+        context_layers=0,
+        embedding_net=body,
+        var_activation=torch.exp if var_activation is None else var_activation,
+        **variance,
+    )
