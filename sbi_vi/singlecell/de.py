@@ -293,6 +293,7 @@ def bayes_factors(
     out["lfc_max"] = lfc.max(0)
     for level in cred_interval_lvls or ():
         low, high = hpd_intervals(lfc, float(level))
-        out[f"lfc_confidence_interval_{level}_min"] = low
-        out[f"lfc_confidence_interval_{level}_max"] = high
+        name = str(level)[:5]  # scvi-tools' column names
+        out[f"lfc_confidence_interval_{name}_min"] = low
+        out[f"lfc_confidence_interval_{name}_max"] = high
     return out

@@ -191,7 +191,7 @@ def test_de_errors(de_model):
     with pytest.raises(ValueError, match="idx1"):
         model.differential_expression(idx1=np.zeros(model.adata.n_obs, bool))
     with pytest.raises(ValueError, match="weights"):
-        model.differential_expression(groupby="cell_type", weights="importance")
+        model.differential_expression(groupby="cell_type", weights="importance-ish")
     with pytest.raises(ValueError, match="groupby"):
         model.differential_expression()
 
