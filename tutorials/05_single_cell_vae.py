@@ -95,6 +95,7 @@ model = SCVI(adata, gene_likelihood="nb")
 model.train(
     max_epochs=SETTINGS["max_epochs"],
     plan_kwargs=SETTINGS["plan_kwargs"],
+    check_val_every_n_epoch=1,  # as in scvi-tools: validation metrics only when asked
     show_progress_bar=SHOW,
     seed=args.seed,
 )

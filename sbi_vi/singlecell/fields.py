@@ -11,6 +11,7 @@ errors instead of silently wrong numbers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +20,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["SETUP_KEY", "AnnDataSetup", "check_counts", "get_counts", "setup_anndata"]
+__all__ = [
+    "SETUP_KEY",
+    "AnnDataSetup",
+    "check_counts",
+    "find_non_count",
+    "get_counts",
+    "setup_anndata",
+]
 
 SETUP_KEY = "_sbi_vi_setup"
 """Where :func:`setup_anndata` stores its record in ``adata.uns``."""
@@ -42,6 +50,7 @@ class AnnDataSetup:
         batch_categories: Batch names in code order.
         labels_categories: Label names in code order.
         covariate_categories: Per categorical covariate, its names in code order.
+        is_count_data: Whether the data held non-negative whole numbers at set-up.
     """
 
     layer: str | None = None
@@ -54,6 +63,7 @@ class AnnDataSetup:
     batch_categories: tuple[str, ...] = ("0",)
     labels_categories: tuple[str, ...] = ("0",)
     covariate_categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    is_count_data: bool = True
 
     @property
     def n_vars(self) -> int:
@@ -99,6 +109,7 @@ class AnnDataSetup:
             str(k): tuple(str(v) for v in vals)
             for k, vals in dict(record.get("covariate_categories", {})).items()
         }
+        record["is_count_data"] = bool(record.get("is_count_data", True))
         for key in ("layer", "batch_key", "labels_key", "size_factor_key"):
             value = record.get(key)
             record[key] = None if value is None or value == "" else str(value)
@@ -238,21 +249,21 @@ def get_counts(adata: Any, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
-def check_counts(matrix: Any, where: str) -> None:
-    """Check that ``matrix`` holds non-negative whole numbers, chunk by chunk.
+def find_non_count(matrix: Any, where: str) -> str | None:
+    """The first entry of ``matrix`` that is not a count, described, or ``None``.
 
     Dense arrays, scipy sparse matrices and backed (on-disk) matrices are read in chunks
     of rows, so a matrix larger than memory is checked without loading it.
 
     Raises:
         TypeError: If the dtype is not numeric.
-        ValueError: Naming ``where`` and the first bad entry (row, column, value).
+        ValueError: NaN or inf entries (naming ``where`` and the first one).
     """
     dtype = getattr(matrix, "dtype", None)
     if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
         raise TypeError(f"{where} must hold numbers, got dtype {dtype}.")
-    n_rows = matrix.shape[0]
-    for start in range(0, n_rows, _CHUNK_ROWS):
+    found = None
+    for start in range(0, matrix.shape[0], _CHUNK_ROWS):
         chunk = matrix[start : start + _CHUNK_ROWS]
         if sp.issparse(chunk):
             chunk = sp.csr_matrix(chunk)
@@ -260,22 +271,37 @@ def check_counts(matrix: Any, where: str) -> None:
         else:
             values = np.asarray(chunk)
         if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
-            bad = values < 0
+            bad, infinite = values < 0, np.zeros(values.shape, dtype=bool)
         else:
-            bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
-        if bad.any():
+            infinite = ~np.isfinite(values)
+            bad = infinite | (values < 0) | (values != np.round(values))
+        for mask, fatal in ((infinite, True), (bad, False)):
+            if not mask.any() or (not fatal and found is not None):
+                continue
             if sp.issparse(chunk):
-                first = int(np.flatnonzero(bad)[0])  # position in the CSR data array
+                first = int(np.flatnonzero(mask)[0])  # position in the CSR data array
                 row = int(np.searchsorted(chunk.indptr, first, side="right") - 1)
-                col = int(chunk.indices[first])
-                value = values[first]
+                col, value = int(chunk.indices[first]), values[first]
             else:
-                row, col = (int(i) for i in np.argwhere(bad)[0])
+                row, col = (int(i) for i in np.argwhere(mask)[0])
                 value = values[row, col]
-            raise ValueError(
-                f"{where} must hold counts (non-negative whole numbers); entry "
-                f"[{start + row}, {col}] is {value!r}."
-            )
+            entry = f"entry [{start + row}, {col}] is {value!r}"
+            if fatal:
+                raise ValueError(f"{where} must hold finite numbers; {entry}.")
+            found = entry
+    return found
+
+
+def check_counts(matrix: Any, where: str) -> None:
+    """Check that ``matrix`` holds non-negative whole numbers, chunk by chunk.
+
+    Raises:
+        TypeError: If the dtype is not numeric.
+        ValueError: Naming ``where`` and the first bad entry (row, column, value).
+    """
+    entry = find_non_count(matrix, where)
+    if entry is not None:
+        raise ValueError(f"{where} must hold counts (non-negative whole numbers); {entry}.")
 
 
 def setup_anndata(
@@ -302,16 +328,27 @@ def setup_anndata(
     Returns:
         The :class:`AnnDataSetup`, also stored in ``adata.uns["_sbi_vi_setup"]``.
 
+    Warns:
+        UserWarning: The data are not counts (non-negative whole numbers; the first other
+            entry is named), as scvi-tools warns; only ``gene_likelihood="normal"`` can
+            model them, and the count likelihoods refuse them.
+
     Raises:
-        ValueError: Missing layer or column, counts that are not non-negative whole
-            numbers (naming the entry), or an empty AnnData.
+        ValueError: Missing layer or column, NaN or inf entries, or an empty AnnData.
     """
     if not (hasattr(adata, "obs") and hasattr(adata, "var_names") and hasattr(adata, "uns")):
         raise TypeError(f"`adata` must be an anndata.AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"`adata` is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
-    counts = get_counts(adata, layer)
-    check_counts(counts, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
+    where = "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`"
+    non_count = find_non_count(get_counts(adata, layer), where)
+    if non_count is not None:  # scvi-tools warns too: only gene_likelihood="normal" fits it
+        warnings.warn(
+            f"{where} does not hold counts (non-negative whole numbers; {non_count}); only "
+            "`gene_likelihood='normal'` can model it.",
+            UserWarning,
+            stacklevel=3,
+        )
     cat_keys = tuple(categorical_covariate_keys or ())
     cont_keys = tuple(continuous_covariate_keys or ())
     for key in (size_factor_key, *cont_keys):
@@ -330,6 +367,7 @@ def setup_anndata(
         covariate_categories={
             k: _categories(adata, k, "categorical_covariate_keys") for k in cat_keys
         },
+        is_count_data=non_count is None,
     )
     setup.continuous_covariates(adata)
     setup.size_factors(adata)

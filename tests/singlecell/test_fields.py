@@ -35,13 +35,27 @@ def test_setup_survives_h5ad_roundtrip(tiny_adata, tmp_path):
     assert AnnDataSetup.from_dict(back.uns[SETUP_KEY]) == setup
 
 
-@pytest.mark.parametrize("value, where", [(-1.0, "negative"), (1.5, "fraction"), (np.nan, "nan")])
+@pytest.mark.parametrize("value", [-1.0, 1.5])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_bad_counts_name_the_entry(tiny_adata, value, where, sparse):
+def test_non_counts_warn_naming_the_entry_and_are_recorded(tiny_adata, value, sparse):
     x = np.asarray(tiny_adata.X.toarray(), dtype=np.float32)
     x[7, 5] = value
     tiny_adata.layers["raw"] = sp.csr_matrix(x) if sparse else x
-    with pytest.raises(ValueError, match=r"layers\['raw'\].*\[7, 5\]"):
+    with pytest.warns(UserWarning, match=r"layers\['raw'\].*\[7, 5\]"):
+        setup = setup_anndata(tiny_adata, layer="raw")
+    assert setup.is_count_data is False
+    assert AnnDataSetup.from_dict(tiny_adata.uns[SETUP_KEY]).is_count_data is False
+    with pytest.raises(ValueError, match=r"\[7, 5\]"):
+        check_counts(tiny_adata.layers["raw"], "raw")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_nan_or_inf_is_an_error_naming_the_entry(tiny_adata, value, sparse):
+    x = np.asarray(tiny_adata.X.toarray(), dtype=np.float32)
+    x[7, 5] = value
+    tiny_adata.layers["raw"] = sp.csr_matrix(x) if sparse else x
+    with pytest.raises(ValueError, match=r"layers\['raw'\].*finite.*\[7, 5\]"):
         setup_anndata(tiny_adata, layer="raw")
 
 
