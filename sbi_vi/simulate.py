@@ -229,6 +229,43 @@ def _sequential(tasks: list[tuple]) -> Iterator[_ChunkOutcome]:
             return
 
 
+def _simulator_name(simulator: Any) -> str:
+    name = getattr(simulator, "__qualname__", None) or type(simulator).__qualname__
+    module = getattr(simulator, "__module__", None) or type(simulator).__module__
+    return f"{module}.{name}" if module else name
+
+
+def _check_picklable(simulator: Any, num_workers: int, backend: str) -> None:
+    """Refuse, before any worker starts, a simulator that cannot travel to a process.
+
+    joblib and Dask send the simulator with cloudpickle (lambdas and closures go by value);
+    what still fails holds an unpicklable object (a lock, an open file, a database
+    connection, a generator, a C handle). Round-tripping it here gives one clear error
+    instead of the executor's ``PicklingError`` or a broken worker pool.
+
+    Raises:
+        TypeError: Naming the simulator, why it cannot be pickled and what to do.
+    """
+    try:  # what loky and Dask use (newer joblib depends on it instead of vendoring it)
+        import cloudpickle as pickler
+    except ImportError:  # pragma: no cover - older joblib vendors it
+        try:
+            from joblib.externals import cloudpickle as pickler
+        except ImportError:
+            pickler = pickle
+    try:
+        pickler.loads(pickler.dumps(simulator))
+    except Exception as err:
+        where = f"{num_workers} worker processes" if backend == "joblib" else "Dask workers"
+        raise TypeError(
+            f"`simulator` {_simulator_name(simulator)!r} cannot be sent to {where}: it cannot "
+            f"be pickled ({type(err).__name__}: {err}). Make it a module-level function (or "
+            "an object whose attributes pickle: open files, locks and connections inside "
+            "__call__ rather than holding them), or pass num_workers=1 to simulate in this "
+            "process."
+        ) from err
+
+
 def _loky(tasks: list[tuple], num_workers: int) -> Iterator[_ChunkOutcome]:
     """Run the chunks on joblib's reusable ``loky`` process pool.
 
@@ -373,7 +410,10 @@ def simulate(
             or the simulator returns x of the wrong shape or of varying length L.
         TypeError: If ``simulator`` is not callable, ``prior_or_proposal`` has no
             ``sample``, an integer argument is not an integer, or the simulator returns
-            something that is not numbers.
+            something that is not numbers; or if ``simulator`` must run on worker
+            processes (``num_workers > 1`` or Dask) but cannot be pickled: the message names
+            the simulator and the reason, and says what to do (a module-level function,
+            or ``num_workers=1``). Nothing has been simulated then.
         ImportError: If ``backend="dask"`` and dask.distributed is not installed.
 
     Example:
@@ -424,8 +464,10 @@ def simulate(
         for i, s in enumerate(starts)
     ]
     if backend == "dask":
+        _check_picklable(simulator, num_workers, backend)
         outcomes = _dask(tasks, num_workers, client)
     elif num_workers > 1 and len(tasks) > 1:
+        _check_picklable(simulator, num_workers, backend)
         outcomes = _loky(tasks, num_workers)
     else:
         outcomes = _sequential(tasks)

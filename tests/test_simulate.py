@@ -400,3 +400,29 @@ def test_two_moons_task_simulator():
     # The task's own seeded simulator draws the same law: compare the radius of the moons.
     radius = (x - task._shift(theta) - torch.tensor([0.25, 0.0])).norm(dim=-1)
     assert abs(radius.mean().item() - 0.1) < 0.003
+
+
+class _LockedSimulator:
+    """A batch simulator holding a lock: it runs here but cannot be pickled to a worker."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+
+    def __call__(self, theta):
+        with self.lock:
+            return theta * 2.0
+
+
+@pytest.mark.parametrize("num_workers", [2])
+def test_an_unpicklable_simulator_is_named_before_any_worker_starts(num_workers):
+    simulator = _LockedSimulator()
+    with pytest.raises(TypeError) as info:
+        simulate(simulator, PRIOR, 20, num_workers=num_workers, simulation_batch_size=5, **QUIET)
+    message = str(info.value)
+    assert "_LockedSimulator" in message and "cannot be pickled" in message
+    assert "lock" in message and "num_workers=1" in message and "module-level" in message
+    assert info.value.__cause__ is not None
+    theta, x = simulate(simulator, PRIOR, 20, num_workers=1, simulation_batch_size=5, **QUIET)
+    torch.testing.assert_close(x, 2.0 * theta)
