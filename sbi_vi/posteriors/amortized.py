@@ -28,7 +28,7 @@ from sbi_vi._checks import (
 )
 from sbi_vi.diagnostics import psis
 from sbi_vi.errors import NotTrainedError
-from sbi_vi.posteriors.base import check_sample_shape
+from sbi_vi.posteriors.base import check_sample_shape, log_prob_far_out
 from sbi_vi.posteriors.conditional import (
     AtObservation,
     ConditionalQ,
@@ -338,7 +338,7 @@ class AmortizedVI:
         if flat.shape[0] == 0:  # as sample((0,)): an empty answer, no network pass
             return flat.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
-            out = self._amortized(x).log_prob(flat)
+            out = log_prob_far_out(self._amortized(x), flat)
         if theta.ndim > 2:  # [*N, D] under one x
             return out.reshape(theta.shape[:-1])
         return out[0] if theta.ndim == 1 and out.shape[0] == 1 else out

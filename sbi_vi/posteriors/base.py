@@ -16,7 +16,7 @@ from sbi_vi._io import load_object, save_object
 from sbi_vi.errors import NotTrainedError
 from sbi_vi.posteriors.setup import event_size_of
 
-__all__ = ["PosteriorBase", "check_sample_shape"]
+__all__ = ["PosteriorBase", "check_sample_shape", "log_prob_far_out"]
 
 
 def check_sample_shape(sample_shape: Any) -> Size:
@@ -41,6 +41,27 @@ def check_sample_shape(sample_shape: Any) -> Size:
     if any(n < 0 for n in entries):
         raise ValueError(f"`sample_shape` must not hold negative sizes; got {entries}.")
     return Size(entries)
+
+
+def log_prob_far_out(q: Any, theta: Tensor) -> Tensor:
+    """``q.log_prob(θ)`` for θ already checked (finite, in the support): never NaN.
+
+    Far outside q's mass (|θ| ~ 1e30 in float32) a flow's arithmetic overflows to inf − inf,
+    and torch's argument validation of the base distribution then raises a support error
+    for the whole batch. θ was validated at the boundary, so validation is switched off on
+    this one distribution object (not globally) and the overflowed rows, where q's density
+    is 0 in this dtype, are reported as ``-inf``.
+    """
+    _without_validation(q)
+    out = q.log_prob(theta)
+    return torch.where(torch.isnan(out), torch.full_like(out, float("-inf")), out)
+
+
+def _without_validation(dist: Any, depth: int = 0) -> None:
+    if isinstance(dist, torch.distributions.Distribution) and depth < 8:
+        dist._validate_args = False
+        for value in vars(dist).values():
+            _without_validation(value, depth + 1)
 
 
 def _real_tensor(name: str, value: Any) -> Tensor:
@@ -203,16 +224,16 @@ class PosteriorBase:
                     "q(θ | x). Call train(x) for the new x (or pass x=None)."
                 )
 
-    def _check_theta(self, theta: Tensor) -> Tensor:
+    def _check_theta(self, theta: Tensor, name: str = "theta") -> Tensor:
         """θ ``[*, D]`` checked (shape, NaN, ±inf, support) and cast to q's dtype."""
-        theta = _real_tensor("theta", theta).to(self._device)
+        theta = _real_tensor(name, theta).to(self._device)
         d = event_size_of(self.prior)
         if theta.ndim == 0 or theta.shape[-1] != d:
             raise ValueError(
-                f"`theta` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
+                f"`{name}` must have shape [D] or [N, D] with D={d}; got {tuple(theta.shape)}."
             )
-        _check_finite("theta", theta, "parameter vector")
-        theta = _cast("theta", theta, self._q_dtype())
+        _check_finite(name, theta, "parameter vector")
+        theta = _cast(name, theta, self._q_dtype())
         support = getattr(self.prior, "support", None)
         if support is not None and theta.numel():
             inside = support.check(theta)
@@ -221,7 +242,7 @@ class PosteriorBase:
             if not bool(inside.all()):
                 n_out = int((~inside).sum())
                 raise ValueError(
-                    f"`theta` has {n_out} row(s) outside the prior's support, where the "
+                    f"`{name}` has {n_out} row(s) outside the prior's support, where the "
                     "posterior is zero."
                 )
         return theta

@@ -25,7 +25,7 @@ from sbi_vi._checks import (
 )
 from sbi_vi.errors import NotTrainedError, QualityWarning
 from sbi_vi.posteriors.amortized import AmortizedVI
-from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape
+from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape, log_prob_far_out
 from sbi_vi.posteriors.map import gradient_ascent
 from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
 from sbi_vi.posteriors.rollback import restored_on_failure
@@ -456,7 +456,7 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         if theta.shape[:-1].numel() == 0:  # as sample((0,)): an empty answer, no network pass
             return theta.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
-            return self.q.log_prob(theta)
+            return log_prob_far_out(self.q, theta)
 
     def map(
         self,
@@ -482,8 +482,9 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         key = x.detach().cpu().numpy().tobytes()
         if key in self._map_cache and not force_update:
             return self._map_cache[key]
-        if isinstance(init_method, Tensor):
-            inits = self._check_theta(init_method).reshape(-1, event_size_of(self.prior))
+        if not isinstance(init_method, str):  # a tensor or array of initial points
+            inits = self._check_theta(init_method, "init_method")
+            inits = inits.reshape(-1, event_size_of(self.prior))
             if inits.shape[0] == 0:
                 raise ValueError("`init_method` is an empty tensor: pass at least one θ.")
         elif init_method in ("proposal", "posterior") and self._amortized is not None:
