@@ -170,7 +170,11 @@ class AmortizedVI:
         Raises:
             ValueError: Mismatched, empty or non-finite ``theta``/``x``, θ of the wrong
                 dimension, x of the wrong trailing shape, ``validation_fraction`` outside
-                (0, 1), a split too small for the batch sizes, or a potential that ignores x.
+                (0, 1), ``gamma`` outside (0, 1], a split too small for the batch sizes, or
+                a potential that ignores x.
+
+        A call that raises or is interrupted leaves the posterior as it was (the new or
+        continued q is trained on a copy and kept only when the fit ends).
         """
         check_unknown_kwargs("VIPosterior.train_amortized()", kwargs, _AMORTIZED_KWARGS)
         settings = _resolve_settings(self, params, flow_type, num_transforms, hidden_features)
@@ -184,6 +188,7 @@ class AmortizedVI:
         max_num_iters = check_positive_int("max_num_iters", max_num_iters)
         stop_after_iters = check_positive_int("stop_after_iters", stop_after_iters)
         check_positive_float("learning_rate", learning_rate)
+        check_in_interval("gamma", gamma, 0.0, 1.0, closed="right")
         check_positive_float("clip_value", clip_value)
         validation_fraction = check_in_interval(
             "validation_fraction", validation_fraction, 0.0, 1.0
@@ -199,8 +204,9 @@ class AmortizedVI:
         if not getattr(self.potential_fn, "takes_x", True):
             raise ValueError(
                 "`potential_fn` is a function of θ alone, so it is the posterior of one fixed "
-                "observation; amortised VI needs a potential of (theta, x) (e.g. from "
-                "`likelihood_estimator_based_potential`)."
+                "observation; amortised VI needs a potential of (theta, x): a function "
+                "(theta, x) -> log p, or a potential object with `set_x` (ours or sbi's "
+                "`likelihood_estimator_based_potential(estimator, prior, x_o=None)`)."
             )
         theta, x = self._check_training_pairs(theta, x)
         num_val = int(validation_fraction * x.shape[0])

@@ -19,6 +19,8 @@ from torch.distributions.transforms import Transform
 
 from sbi_vi._checks import (
     check_choice,
+    check_in_interval,
+    check_positive_float,
     check_positive_int,
     check_unknown_kwargs,
     seeded,
@@ -280,14 +282,23 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             ``self``, for chaining.
 
         Raises:
-            ValueError: On invalid hyper-parameters or a missing observation.
-            TypeError: On unknown keyword arguments.
+            ValueError: On invalid hyper-parameters (as sbi: non-positive ``n_particles``,
+                ``learning_rate``, ``max_num_iters`` or ``clip_value``, ``gamma`` outside
+                (0, 1], negative ``min_num_iters``), a missing observation or x with NaN/inf.
+            TypeError: On unknown keyword arguments, or a non-number hyper-parameter.
+
+        A call that raises or is interrupted (Ctrl-C) leaves q, its optimizer and the
+        warm-up state as they were: after a failed first call, the next ``train()`` warms
+        up and anneals as a fresh fit does.
         """
         check_unknown_kwargs("VIPosterior.train()", kwargs, _TRAIN_KWARGS)
         n_particles = check_positive_int("n_particles", n_particles)
         max_num_iters = check_positive_int("max_num_iters", max_num_iters)
         min_num_iters = check_positive_int("min_num_iters", min_num_iters, allow_zero=True)
         warm_up_rounds = check_positive_int("warm_up_rounds", warm_up_rounds, allow_zero=True)
+        learning_rate = check_positive_float("learning_rate", learning_rate)
+        gamma = check_in_interval("gamma", gamma, 0.0, 1.0, closed="right")
+        clip_value = check_positive_float("clip_value", clip_value)
         check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
         annealing_steps = self._annealing_steps(annealing_iters)
         with seeded(kwargs.get("seed")):  # the caller's random state is restored after

@@ -339,3 +339,36 @@ def test_bad_files_name_the_file_and_class(tmp_path):
         VIPosterior.load(tmp_path / "dict.pt")
     with pytest.raises(FileNotFoundError):
         VIPosterior.load(tmp_path / "missing.pt")
+
+
+def test_far_out_theta_gives_a_density_not_a_support_error(family_posterior):
+    theta = torch.tensor([[1e30, 0.0], [3e38, -3e38], [1e4, 1e4], [0.1, 0.2]])
+    out = family_posterior.log_prob(theta)
+    assert out.shape == (4,) and not torch.isnan(out).any()
+    assert bool((out[:3] < out[3]).all())  # far out is less likely than the bulk
+    assert torch.isfinite(out[3])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("learning_rate", 0.0),
+        ("learning_rate", -1.0),
+        ("gamma", 0.0),
+        ("gamma", 1.5),
+        ("clip_value", 0.0),
+        ("n_particles", 0),
+        ("max_num_iters", 0),
+        ("min_num_iters", -1),
+    ],
+)
+def test_hyper_parameters_are_refused_as_sbi_does(name, value):
+    posterior = VIPosterior(potential_fn, PRIOR, q="gaussian").set_default_x(X_O)
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        posterior.train(**{**FAST, name: value})
+    assert posterior._trained_on is None
+    if name in ("learning_rate", "gamma", "clip_value"):
+        theta, x = torch.randn(50, 2), torch.randn(50, 2)
+        amortized_posterior = VIPosterior(LikelihoodBasedPotential(likelihood, PRIOR), PRIOR)
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            amortized_posterior.train_amortized(theta, x, **{name: value})
