@@ -209,7 +209,9 @@ def inspect_model(
         store=store,
         max_plate_nesting=k,
         log_joint=False,
-        init_fn=_checked(_draw_or_feasible if init_loc_fn is None else _guarded(init_loc_fn)),
+        # Prior draws are not checked (a float32 draw of Gamma(0.01) may underflow to 0, which
+        # only matters where the value starts a guide).
+        init_fn=_draw_or_feasible if init_loc_fn is None else _checked(_guarded(init_loc_fn)),
     )
     with block(), seed(rng_seed=rng_seed), torch.no_grad():
         with trace() as tr, runner, particle_plate(1, k):
