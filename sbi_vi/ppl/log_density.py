@@ -16,7 +16,13 @@ from torch import Tensor
 
 from sbi_vi.ppl.runtime import Message, PlateFrame
 
-__all__ = ["SiteLogProbError", "describe_site", "site_log_prob", "value_problem"]
+__all__ = [
+    "SiteLogProbError",
+    "describe_site",
+    "observed_shape_error",
+    "site_log_prob",
+    "value_problem",
+]
 
 
 class SiteLogProbError(ValueError):
@@ -90,7 +96,12 @@ def value_problem(msg: Message) -> str | None:
     if not isinstance(value, Tensor):
         return f"its value is a {type(value).__name__}, not a tensor"
     what = "the observation" if msg.is_observed else "the value"
-    if value.is_floating_point() or value.is_complex():
+    if value.dtype == torch.bool or value.is_complex():
+        return (
+            f"{what} has dtype {value.dtype}, which torch distributions do not score as data: "
+            "pass a real tensor (e.g. `obs.float()`)"
+        )
+    if value.is_floating_point():
         nan = torch.isnan(value)
         if bool(nan.any()):
             fix = (
@@ -172,3 +183,27 @@ def _message(msg: Message, err: BaseException) -> str:
         shapes = f"value {value!r:.60}"
     reason = problem if problem is not None else "torch could not score the value"
     return f"{head}: {reason} [{shapes}]. (torch: {type(err).__name__}: {first})"
+
+
+def observed_shape_error(msg: Message, log_prob: Tensor) -> SiteLogProbError:
+    """The error for an observation whose shape added batch dims to its site.
+
+    An observation must have the site's batch shape (the enclosing plates) and event shape,
+    or broadcast to them; one with more batch dims (or a mask with more) would make torch
+    return a larger log density, whose extra dims inference would read as particles.
+    """
+    value, fn = msg.value, msg.fn
+    event = tuple(fn.event_shape)
+    frames = _model_frames(msg)
+    reach = max((-f.dim for f in frames), default=0)
+    plain = tuple(fn.batch_shape)[len(fn.batch_shape) - reach :] + event
+    mask = "" if not isinstance(msg.mask, Tensor) else f" and mask shape {tuple(msg.mask.shape)}"
+    return SiteLogProbError(
+        f"Error while computing log_prob at {describe_site(msg)}: the observation of shape "
+        f"{tuple(value.shape)}{mask} broadcasts the site's batch shape {tuple(fn.batch_shape)} "
+        f"to {tuple(log_prob.shape)}. Every batch dim of an observation must belong to a "
+        f"plate: give it shape {plain} (batch dims of the plates, then the event shape "
+        f"{event}), declare the extra dim with a plate, or move it into the event with "
+        "`Independent(fn, k)`.",
+        msg.name,
+    )

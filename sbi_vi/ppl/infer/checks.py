@@ -16,7 +16,12 @@ import torch
 from sbi_vi.ppl.handlers import block, trace
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
 from sbi_vi.ppl.infer.sites import ModelInfo
-from sbi_vi.ppl.log_density import describe_site, site_log_prob, value_problem
+from sbi_vi.ppl.log_density import (
+    describe_site,
+    observed_shape_error,
+    site_log_prob,
+    value_problem,
+)
 from sbi_vi.ppl.params import ParamStore
 
 __all__ = ["check_guide_sites", "check_observed_values"]
@@ -90,14 +95,15 @@ def check_observed_values(
     for msg in tr.values():
         if msg.type != "sample":
             continue
-        site_log_prob(msg)
+        lp = site_log_prob(msg)
         if not msg.is_observed or not isinstance(msg.value, torch.Tensor):
             continue
+        if lp.shape != msg.fn.batch_shape:
+            raise observed_shape_error(msg, lp)
         value = msg.value
-        if not (value.is_floating_point() or value.is_complex()):
-            continue
-        mask = msg.mask
-        if mask is False:
+        if value.is_complex():
+            raise ValueError(f"{describe_site(msg)}: {value_problem(msg)}.")
+        if not value.is_floating_point() or msg.mask is False:
             continue
         if not bool(torch.isfinite(value).all()):
             raise ValueError(

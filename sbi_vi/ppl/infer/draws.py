@@ -139,19 +139,41 @@ def resolve_obs_plate(info: ModelInfo, obs_plate: str | None, model: Any = None)
 def select_sites(
     info: ModelInfo, return_sites: Sequence[str] | None, return_observed: bool
 ) -> list[str]:
+    """The sites to draw: ``return_sites`` checked, or every latent and deterministic site.
+
+    Observed sites come back only as posterior-predictive draws, so they need
+    ``return_observed=True`` (by default they are left out; named in ``return_sites``
+    without it they are refused: their value is the data, not a posterior draw).
+
+    Raises:
+        TypeError: If ``return_sites`` is a string or not a sequence of strings.
+        ValueError: If a site is not in the model, or is observed without
+            ``return_observed``.
+    """
+    if not isinstance(return_observed, bool):
+        raise TypeError(f"`return_observed` must be a bool, got {return_observed!r}.")
     available = [*info.latent, *info.deterministic]
     observed = [o for o in info.observed if o in info.site_frames]
     if return_sites is None:
         return available + (observed if return_observed else [])
-    if isinstance(return_sites, str):
-        raise TypeError(f"`return_sites` takes a list of site names, e.g. [{return_sites!r}].")
+    if isinstance(return_sites, str) or not all(isinstance(s, str) for s in return_sites):
+        raise TypeError(
+            f"`return_sites` takes a list of site names, e.g. ['mu'], got {return_sites!r}."
+        )
     unknown = [s for s in return_sites if s not in available and s not in observed]
     if unknown:
         raise ValueError(
             f"`return_sites` {unknown} are not sites of the model; its sites: "
             f"{available + observed}."
         )
-    return list(return_sites)
+    data = [s for s in return_sites if s in observed]
+    if data and not return_observed:
+        raise ValueError(
+            f"`return_sites` names the observed site(s) {data}: their value is the data, not a "
+            "posterior draw. Pass `return_observed=True` for draws from the posterior "
+            "predictive (shape `(num_samples, *site shape)`), or leave them out."
+        )
+    return list(dict.fromkeys(return_sites))
 
 
 def _event_ndim(info: ModelInfo, name: str, value: Tensor, msg: Any, k: int) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from sbi_vi.ppl.log_density import site_log_prob
+from sbi_vi.ppl.log_density import observed_shape_error, site_log_prob
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.ppl.particles import PARTICLE_PLATE
 from sbi_vi.ppl.plate import Plate
@@ -104,6 +104,8 @@ class ModelRunner(Messenger):
         if not self.log_joint or msg.type != "sample":
             return
         lp = site_log_prob(msg)
+        if msg.is_observed and lp.shape != msg.fn.batch_shape:
+            raise observed_shape_error(msg, lp)
         scale = msg.scale
         # A number scales the site's sum (fused with the accumulation); a tensor each entry.
         number = type(scale) is float or type(scale) is int

@@ -16,6 +16,8 @@ from sbi_vi.diagnostics.psis import PSISResult
 from sbi_vi.ppl.handlers import seed as seed_handler
 from sbi_vi.ppl.infer.autoguides.base import AutoGuide
 from sbi_vi.ppl.infer.objective import Objective
+from sbi_vi.ppl.infer.quality import check_diverged
+from sbi_vi.ppl.infer.quality import quality_control as run_quality_control
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.vi.divergences import Divergence, build_divergence
 from sbi_vi.vi.fit import fit, gradient_step, make_optimizer
@@ -135,6 +137,8 @@ class SVI:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._history: list[Tensor] = []
+        self.num_skipped = 0
+        """Steps of every run and ``step`` so far skipped because they were not finite."""
         self._known: set[int] = set()
         self._store_size = 0
         self._last_args: tuple[tuple, dict] = ((), {})
@@ -218,6 +222,7 @@ class SVI:
         if self.scheduler is not None:
             self.scheduler.step()
         loss = float(value.detach().mean()) if taken else float("nan")
+        self.num_skipped += not taken
         self._history.append(torch.tensor([loss]))
         return loss
 
@@ -227,9 +232,19 @@ class SVI:
         *args: Any,
         seed: int | None = None,
         show_progress_bar: bool = True,
+        quality_control: bool = True,
         **kwargs: Any,
     ) -> SVIResult:
         """Run ``num_steps`` optimisation steps on the model's arguments.
+
+        A step whose loss or gradient is not finite is skipped (its loss is recorded as
+        NaN). After the run two checks say whether the fit can be used: a
+        :class:`~sbi_vi.errors.DivergedWarning` if more than 10 % of the steps were skipped
+        or the parameters are not finite (naming the sites that are not finite), and —
+        with ``quality_control`` — a :class:`~sbi_vi.errors.QualityWarning` when PSIS on
+        1,000 full-data draws of the guide says q is unreliable (k̂ > 0.7 or ESS below
+        1 % of the draws: the rule of ``VIPosterior.train``). The QC draws leave the
+        caller's torch RNG alone.
 
         Args:
             num_steps: Number of steps.
@@ -237,12 +252,23 @@ class SVI:
             seed: Seed of the draws (the caller's RNG is left alone); ``None``: the
                 global torch RNG.
             show_progress_bar: Show a progress bar.
+            quality_control: Run the PSIS check at the end (one vectorised pass of the
+                model over 1,000 draws at full data; turn it off for very large data).
             **kwargs: The model's keyword arguments.
 
         Returns:
-            An :class:`SVIResult`; its ``losses`` are this run's.
+            An :class:`SVIResult`; its ``losses`` and ``num_skipped`` are this run's, its
+            ``quality`` the PSIS result (``None`` without quality control or for a point
+            mass).
+
+        Raises:
+            RuntimeError: If every step of the run was skipped as non-finite.
+            ValueError: On bad arguments, a guide built for another model, or data that
+                cannot be scored (the error names the site).
         """
         num_steps = check_positive_int("num_steps", num_steps)
+        if not isinstance(quality_control, bool):
+            raise TypeError(f"`quality_control` must be a bool, got {quality_control!r}.")
         context = contextlib.nullcontext() if seed is None else seed_handler(rng_seed=seed)
         with context:
             self.setup(*args, **kwargs)
@@ -256,7 +282,15 @@ class SVI:
                 show_progress_bar=show_progress_bar,
                 description="SVI",
             )
-        self._history.append(history.losses)
+            self._history.append(history.losses)
+            self.num_skipped += history.num_skipped
+            # The checks' draws come from the run's stream but do not advance it.
+            with torch.random.fork_rng(devices=[]):
+                skipped, steps = history.num_skipped, history.num_iters
+                diverged = check_diverged(self, args, kwargs, skipped, steps)
+                quality = None
+                if quality_control and not diverged:
+                    quality = run_quality_control(self, args, kwargs)
         return SVIResult(
             params=self.get_params(),
             losses=history.losses,
@@ -264,6 +298,8 @@ class SVI:
             svi=self,
             args=args,
             kwargs=kwargs,
+            num_skipped=history.num_skipped,
+            quality=quality,
         )
 
     @property
@@ -299,6 +335,10 @@ class SVIResult:
         svi: The ``SVI`` object (holds the model, the store and the optimiser).
         args: The model arguments of the run (the default of the methods below).
         kwargs: The model keyword arguments of the run.
+        num_skipped: Steps of the run skipped because the loss or a gradient was not
+            finite (more than 10 % of them raise a ``DivergedWarning``).
+        quality: PSIS k̂/ESS of the fitted guide on full-data draws (``None`` when quality
+            control was off, the run diverged, or the guide is a point mass).
     """
 
     params: dict[str, Tensor]
@@ -307,6 +347,8 @@ class SVIResult:
     svi: SVI = field(repr=False)
     args: tuple = field(default=(), repr=False)
     kwargs: dict = field(default_factory=dict, repr=False)
+    num_skipped: int = 0
+    quality: PSISResult | None = field(default=None, repr=False)
 
     def _args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (args, kwargs) if (args or kwargs) else (self.args, self.kwargs)
