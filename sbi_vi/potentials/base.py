@@ -100,12 +100,25 @@ class EstimatorPotential(BasePotential):
     (``x_is_iid=False``), adds the prior and sets ``-inf`` outside its support.
     """
 
+    def _estimator_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the estimator network's parameters (``None``: no network)."""
+        for name in ("likelihood", "ratio_estimator"):
+            module = getattr(self, name, None)
+            if isinstance(module, torch.nn.Module):
+                for tensor in module.parameters():
+                    if tensor.is_floating_point():
+                        return tensor.dtype
+        return None
+
     @abc.abstractmethod
     def log_term(self, x: Tensor, theta: Tensor) -> Tensor:
         """Element-wise log term for x ``[*, L]`` and θ ``[*, D]``, shape ``[*]``."""
 
     def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
         x = self._require_x()
+        dtype = self._estimator_dtype()
+        if dtype is not None:  # a float64 θ or x meets a float32 network: cast, not fail
+            x, theta = x.to(dtype), theta.to(dtype)
         with torch.set_grad_enabled(track_gradients and torch.is_grad_enabled()):
             log_prior = log_prior_or_zero(self.prior, theta)
             if self.x_is_iid:

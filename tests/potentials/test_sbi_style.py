@@ -180,3 +180,37 @@ def test_an_sbi_classifier_in_our_ratio_potential():
     expected = -((theta[:, None] - x[:2]) ** 2).sum((-1, -2)) + PRIOR.log_prob(theta)
     torch.testing.assert_close(potential(theta), expected)
     assert potential.ratio_estimator is not None
+
+
+def test_a_wrapped_sbi_potential_copies_and_pickles():
+    import copy
+    import pickle
+
+    theta, x = pairs()
+    torch.manual_seed(0)
+    posterior = VIPosterior(SbiLikelihoodBasedPotential(SbiDensityEstimator(), PRIOR))
+    posterior.train_amortized(theta, x, **AMORTIZED)
+    probe, x_o = torch.tensor([[0.1, 0.2]]), torch.tensor([[0.3, -0.3]])
+    for other in (copy.deepcopy(posterior), pickle.loads(pickle.dumps(posterior))):
+        torch.testing.assert_close(other.log_prob(probe, x=x_o), posterior.log_prob(probe, x=x_o))
+        torch.manual_seed(2)
+        a = other.sample((3,), x=x_o)
+        torch.manual_seed(2)
+        torch.testing.assert_close(a, posterior.sample((3,), x=x_o))
+        assert isinstance(other.potential_fn.likelihood_estimator, SbiDensityEstimator)
+
+
+def test_estimator_potentials_cast_to_the_network_dtype():
+    class Net(nn.Module):  # a float32 network with our log_prob(x, theta)
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(SD))
+
+        def log_prob(self, x, theta):
+            assert x.dtype == theta.dtype == torch.float32
+            return Normal(theta, self.scale).log_prob(x).sum(-1)
+
+    potential = LikelihoodBasedPotential(Net(), PRIOR)
+    theta, x = pairs(4)
+    expected = potential.set_x(x[:2])(theta)
+    torch.testing.assert_close(potential.set_x(x[:2].double())(theta.double()), expected)
