@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +78,28 @@ def _decode_scale(model: Any, cells: Any, u: Tensor, code: int | None) -> Tensor
     return module.generative(z, log_library, cells, transform_batch=codes).scale
 
 
-def _rows(scale: Tensor, counts: np.ndarray) -> Tensor:
-    """The first ``counts[b]`` draws of each cell ``b`` of ``scale`` ``[k, B, G]``."""
-    keep = torch.arange(scale.shape[0])[:, None] < torch.as_tensor(counts)[None, :]
-    return scale[keep.to(scale.device)].float().cpu()
+def _rows(
+    model: Any,
+    cells: Any,
+    draw: Callable[[int, int], Tensor],
+    counts: np.ndarray,
+    code: int | None,
+) -> Tensor:
+    """``counts[b]`` decoded draws of each cell ``b``, ``[Σ counts, G]``.
+
+    ``draw(start, size)`` gives the latent draws ``start .. start + size`` of every cell,
+    ``[size, B, D]``; they are decoded in chunks that bound the memory of one pass.
+    """
+    k, n_cells = int(counts.max()), len(counts)
+    chunk = max(1, _ELEMENTS_PER_PASS // (n_cells * model.setup.n_vars))
+    wanted = torch.as_tensor(counts)[None, :]
+    rows = []
+    for start in range(0, k, chunk):
+        size = min(chunk, k - start)
+        scale = _decode_scale(model, cells, draw(start, size), code)
+        keep = (torch.arange(start, start + size)[:, None] < wanted).to(scale.device)
+        rows.append(scale[keep].float().cpu())
+    return torch.cat(rows)
 
 
 def _assemble(blocks: list[list[Tensor]], codes: list[int | None], khat: Any) -> GroupDraws:
@@ -121,8 +140,8 @@ def uniform_draws(
         for cells in model._minibatches(adata, cells_idx, step):
             c = counts[start : start + cells.x.shape[0]]
             start += len(c)
-            u = model.module.q(cells).sample((int(c.max()),))
-            parts.append(_rows(_decode_scale(model, cells, u, code), c))
+            q = model.module.q(cells)
+            parts.append(_rows(model, cells, lambda _, size, q=q: q.sample((size,)), c, code))
         blocks.append(parts)
     return _assemble(blocks, codes, None)
 
@@ -256,7 +275,9 @@ def importance_draws(
         for cells in model._minibatches(adata, idx, step):
             stop = start + cells.x.shape[0]
             u = chosen[:, start:stop].to(model.device)
-            parts.append(_rows(_decode_scale(model, cells, u, code), counts[start:stop]))
+            parts.append(
+                _rows(model, cells, lambda i, n, u=u: u[i : i + n], counts[start:stop], code)
+            )
             start = stop
         blocks.append(parts)
     return _assemble(blocks, codes, khat)

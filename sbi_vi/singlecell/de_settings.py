@@ -63,7 +63,8 @@ class ImportanceSettings:
             beyond it), as scvi-tools' ``max_cells``.
         truncation: ``False``: Pareto-smoothed weights (PSIS); ``True``: Ionides' (2008)
             truncation of each weight at ``mean · √S``, scvi-tools' option.
-        n_mc_samples: Draws per cell ``S`` (at least 2).
+        n_mc_samples: Draws per cell ``S`` (at least 2; PSIS fits k̂ from 25 on, below
+            that k̂ is ``inf``).
         n_mc_samples_per_pass: Draws per forward pass (memory, not results).
         khat_threshold: Drop the cells whose PSIS k̂ exceeds it (their weights are not
             reliable); ``None`` keeps every cell and warns when some exceed 0.7.

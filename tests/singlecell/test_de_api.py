@@ -219,3 +219,22 @@ def test_a_group_with_no_cells_is_named_with_its_column(small_model):
         model.within_cluster_degenes(
             cluster_key="cell_type", states_key="state", state1="stim", min_cells=0
         )
+
+
+def test_draws_are_decoded_in_bounded_chunks(small_model, monkeypatch):
+    from sbi_vi.singlecell import de_sampling
+
+    model, idx = small_model, np.arange(5)
+    torch.manual_seed(0)
+    whole = uniform_draws(model, model.adata, idx, [None, 1], 300, 128)
+    monkeypatch.setattr(de_sampling, "_ELEMENTS_PER_PASS", 64)  # 2 draws of 1 cell per pass
+    torch.manual_seed(0)
+    chunked = uniform_draws(model, model.adata, idx, [None, 1], 300, 128)
+    assert chunked.scales.shape == whole.scales.shape == (300, model.adata.n_vars)
+    assert (np.bincount(chunked.codes + 1) == [150, 0, 150]).all()
+    # the same distribution: per-gene means agree within Monte Carlo error
+    se = whole.scales.std(0) / np.sqrt(300)
+    assert (np.abs(chunked.scales.mean(0) - whole.scales.mean(0)) < 5 * se + 1e-6).all()
+    few = ImportanceSettings(n_mc_samples=50, khat_threshold=10.0)
+    weighted = importance_draws(model, model.adata, idx, [None], 40, 128, few, "g")
+    assert weighted.scales.shape == (40, model.adata.n_vars)
