@@ -207,34 +207,31 @@ def test_potentials(x, theta):
     n=st.one_of(st.integers(-2, 12), st.just(2.0), st.just("3")),
     batch=st.one_of(st.none(), st.integers(-1, 5)),
     seed=st.one_of(st.none(), st.integers(-1, 3)),
-    nan_every=st.integers(0, 3),
+    cut=st.sampled_from([None, -0.5, 0.0, 0.5, 10.0]),
 )
-def test_simulate(n, batch, seed, nan_every):
-    def simulator(theta):
+def test_simulate(n, batch, seed, cut):
+    def simulator(theta):  # NaN where θ₀ > cut: invalid simulations to drop and count
         x = theta + 0.1
-        if nan_every:
-            x[::nan_every, 0] = float("nan")
+        if cut is not None:
+            x[theta[:, 0] > cut, 0] = float("nan")
         return x
+
+    options = {"simulation_batch_size": batch, "seed": seed, "vectorized": True}
 
     def check(out):
         theta, x = out
-        kept = n - len(range(0, n, nan_every)) if nan_every else n
-        assert theta.shape == (kept, D) and x.shape == (kept, D)
+        assert theta.shape[1:] == (D,) and x.shape == theta.shape and theta.shape[0] <= n
         assert torch.isfinite(x).all()
         torch.testing.assert_close(x, theta.float() + 0.1)
+        if seed is not None:  # the same seed draws the same θ: exactly the valid ones are kept
+            all_theta, _ = simulate(lambda t: t, PRIOR, n, show_progress_bar=False, **options)
+            keep = all_theta[:, 0] <= cut if cut is not None else slice(None)
+            torch.testing.assert_close(theta, all_theta[keep])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expect(
-            lambda: simulate(
-                simulator,
-                PRIOR,
-                n,
-                simulation_batch_size=batch,
-                seed=seed,
-                vectorized=True,
-                show_progress_bar=False,
-            ),
+            lambda: simulate(simulator, PRIOR, n, show_progress_bar=False, **options),
             ["num_simulations", "simulation_batch_size", "seed"],
             check,
         )

@@ -75,6 +75,10 @@ class BasePotential(abc.ABC):
         self.x_is_iid = bool(x_is_iid)
         return self
 
+    def return_x_o(self) -> Tensor | None:
+        """The observation, or ``None`` if none is set (sbi's name for :attr:`x_o`)."""
+        return self._x_o
+
     def _require_x(self) -> Tensor:
         if self._x_o is None:
             raise ValueError("No observation set: call `set_x(x_o)` first (or pass `x_o=`).")
