@@ -134,3 +134,49 @@ def test_parametrisation_errors_name_the_arguments(kwargs):
     mu = kwargs.pop("mu")
     with pytest.raises(ValueError, match="either `mu`, or `logits` and `log_library`"):
         NegativeBinomial(mu, torch.ones(3), **kwargs)
+
+
+def _zinb_both_ways(x, logits, log_library, theta, zi):
+    """The ZINB sum without gradients (inference form) and through the autograd node."""
+    with torch.no_grad():
+        inference = softmax_nb_log_likelihood(x, logits, log_library, theta, zi)
+    logits = logits.clone().requires_grad_()
+    with torch.enable_grad():
+        autograd = softmax_nb_log_likelihood(x, logits, log_library, theta, zi)
+    return inference, autograd.detach()
+
+
+@pytest.mark.parametrize("theta_shape", [(9,), (3, 9), (2, 3, 9)])
+@pytest.mark.parametrize(("zi_scale", "zi_shift"), [(1.0, 0.0), (8.0, 0.0), (3.0, -12.0)])
+def test_zinb_inference_form_equals_the_autograd_form(theta_shape, zi_scale, zi_shift):
+    x, logits, log_library, theta = _inputs(theta_shape, seed=7)
+    x[:, 1::2] = 0.0
+    g = torch.Generator().manual_seed(8)
+    zi = torch.randn(2, 3, 9, generator=g, dtype=torch.float64) * zi_scale + zi_shift
+    inference, autograd = _zinb_both_ways(x, logits, log_library, theta, zi)
+    torch.testing.assert_close(inference, autograd, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("zi_shift", [-150.0, 150.0])
+def test_zinb_inference_form_falls_back_outside_float_range(zi_shift):
+    # e^{∓π} under/overflows (and, with a deep library, so does NB(0)): the exact form answers
+    x, logits, log_library, theta = (t.float() for t in _inputs((9,), seed=9))
+    x[:, ::2] = 0.0
+    zi = torch.full((2, 3, 9), zi_shift)
+    inference, autograd = _zinb_both_ways(x, logits, log_library + 10.0, theta, zi)
+    assert torch.isfinite(inference).all()
+    torch.testing.assert_close(inference, autograd)
+
+
+def test_zinb_inference_form_in_float32_is_as_close_to_float64_as_the_autograd_form():
+    g = torch.Generator().manual_seed(10)
+    x = torch.poisson(torch.rand(16, 200, generator=g) * 3)
+    x[:, ::3] = 0.0
+    logits = torch.randn(4, 16, 200, generator=g) * 2
+    log_library = torch.randn(16, generator=g) * 0.3 + 6.0
+    theta = torch.rand(200, generator=g) * 5 + 0.3
+    zi = torch.randn(4, 16, 200, generator=g) * 3 - 1
+    exact = softmax_nb_log_likelihood(*(t.double() for t in (x, logits, log_library, theta, zi)))
+    inference, autograd = _zinb_both_ways(x, logits, log_library, theta, zi)
+    error_autograd = (autograd.double() - exact).abs().max()
+    assert (inference.double() - exact).abs().max() <= 2 * error_autograd + 1e-3
