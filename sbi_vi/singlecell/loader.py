@@ -5,10 +5,18 @@ once (codes, covariates, size factors: small per-cell vectors) and keeps the cou
 as it is: a dense array becomes one float32 tensor, a scipy sparse matrix stays sparse and
 each minibatch densifies only its rows, and a backed (on-disk) matrix is read row block by
 row block, so a data set larger than memory trains.
+
+A backed CSR matrix stored without compression in a local HDF5 file (what
+``anndata.AnnData.write_h5ad`` writes by default) is read by :class:`CSRFileRows`: the
+bytes of each row straight from the file with ``os.preadv``. Going through
+h5py for each row (what anndata's backed indexing does) took about 10 ms per minibatch of
+128 random rows, as long as the training step itself; the direct reads take a fraction of it.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +28,7 @@ from torch import Tensor
 
 from sbi_vi.singlecell.fields import AnnDataSetup, get_counts
 
-__all__ = ["CellBatch", "CellData", "resolve_indices"]
+__all__ = ["CSRFileRows", "CellBatch", "CellData", "resolve_indices"]
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,10 @@ class CellData:
         self.n_vars = int(adata.n_vars)
         counts = get_counts(adata, setup.layer)
         self._backed = bool(getattr(adata, "isbacked", False)) and setup.layer is None
+        self._file_rows: CSRFileRows | None = None
         if self._backed:
             self._counts: Any = counts
+            self._file_rows = CSRFileRows.open(counts)
         elif sp.issparse(counts):
             self._counts = sp.csr_matrix(counts, dtype=np.float32)
         else:
@@ -112,6 +122,8 @@ class CellData:
             return self._counts[torch.as_tensor(idx)]
         if not self._backed:
             return torch.from_numpy(self._counts[idx].toarray())
+        if self._file_rows is not None:
+            return torch.from_numpy(self._file_rows.dense(idx))
         # h5py reads need increasing indices: read sorted unique rows, then reorder.
         unique, inverse = np.unique(idx, return_inverse=True)
         rows = self._counts[unique]
@@ -184,3 +196,113 @@ class CellData:
 def _chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(idx), size):
         yield idx[start : start + size]
+
+
+class _FileArray:
+    """Where the elements of a 1-D HDF5 dataset lie in its file: the byte offset of each
+    of its (uncompressed) chunks; a contiguous dataset is one chunk."""
+
+    def __init__(self, dataset: Any):
+        self.dtype = np.dtype(dataset.dtype)
+        self.size = int(dataset.shape[0])
+        plist = dataset.id.get_create_plist()
+        if plist.get_nfilters() > 0:
+            raise ValueError("compressed or filtered")
+        offset = dataset.id.get_offset()  # contiguous layout; None when chunked
+        if offset is not None:
+            self.chunk_len = max(self.size, 1)
+            self.offsets = np.array([offset], dtype=np.int64)
+            return
+        if dataset.chunks is None:
+            raise ValueError("neither contiguous nor chunked")
+        self.chunk_len = int(dataset.chunks[0])
+        n_chunks = -(-self.size // self.chunk_len)
+        offsets = np.full(n_chunks, -1, dtype=np.int64)
+
+        def record(info: Any) -> None:
+            offsets[info.chunk_offset[0] // self.chunk_len] = info.byte_offset
+
+        if hasattr(dataset.id, "chunk_iter"):
+            dataset.id.chunk_iter(record)
+        else:  # HDF5 < 1.14: one call per chunk
+            for i in range(dataset.id.get_num_chunks()):
+                record(dataset.id.get_chunk_info(i))
+        if (offsets < 0).any():
+            raise ValueError("unallocated chunks")
+        self.offsets = offsets
+
+    def read(self, fd: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """The elements ``[start, stop)`` of each range, concatenated."""
+        lengths = stops - starts
+        out = np.empty(int(lengths.sum()), dtype=self.dtype)
+        view = memoryview(out).cast("B")
+        item, size = self.dtype.itemsize, self.chunk_len
+        pos = 0
+        for start, stop in zip(starts.tolist(), stops.tolist()):
+            while start < stop:  # a range may cross chunk borders
+                chunk = start // size
+                end = min(stop, (chunk + 1) * size)
+                n_bytes = (end - start) * item
+                offset = int(self.offsets[chunk]) + (start - chunk * size) * item
+                if os.preadv(fd, [view[pos : pos + n_bytes]], offset) != n_bytes:
+                    raise OSError(f"short read at byte {offset} of the backed counts")
+                pos += n_bytes
+                start = end
+        return out
+
+
+class CSRFileRows:
+    """Rows of a backed CSR matrix read straight from its HDF5 file.
+
+    Only the row pointers (``indptr``, 8 bytes per cell) are held in memory; each read
+    asks the file (and the operating system's page cache) for the bytes of the
+    requested rows of ``data`` and ``indices``, with one ``os.preadv`` per row (per chunk
+    it crosses). Use :meth:`open`, which declines matrices this cannot read.
+
+    Args:
+        group: The h5py group of the matrix (``data``, ``indices``, ``indptr``).
+        shape: ``(n_rows, n_cols)``.
+    """
+
+    def __init__(self, group: Any, shape: tuple[int, int]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._data = _FileArray(group["data"])
+        self._indices = _FileArray(group["indices"])
+        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        if self.indptr.shape != (self.shape[0] + 1,):
+            raise ValueError("indptr does not match the shape")
+        self._fd = os.open(group.file.filename, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
+    @classmethod
+    def open(cls, matrix: Any) -> CSRFileRows | None:
+        """A reader of anndata's backed CSR ``matrix``, or ``None`` if it is not an
+        uncompressed CSR matrix in a local HDF5 file (then read it through anndata)."""
+        group = getattr(matrix, "group", None)
+        if getattr(matrix, "format", None) != "csr" or group is None:
+            return None
+        try:
+            file = group.file
+            if file.driver not in ("sec2", "stdio") or file.userblock_size:
+                return None
+            reader = cls(group, matrix.shape)
+            probe = np.unique(np.linspace(0, reader.shape[0] - 1, 3).astype(np.int64))
+            expected = sp.csr_matrix(matrix[probe]).toarray()
+            if not np.array_equal(reader.dense(probe), expected.astype(np.float32)):
+                return None
+            return reader
+        except (AttributeError, KeyError, OSError, TypeError, ValueError):
+            return None
+
+    def csr(self, idx: np.ndarray) -> sp.csr_matrix:
+        """The rows ``idx`` (any order, repeats allowed) as a CSR matrix."""
+        idx = np.asarray(idx, dtype=np.int64)
+        starts, stops = self.indptr[idx], self.indptr[idx + 1]
+        data = self._data.read(self._fd, starts, stops)
+        indices = self._indices.read(self._fd, starts, stops)
+        indptr = np.concatenate([[0], np.cumsum(stops - starts)])
+        return sp.csr_matrix((data, indices, indptr), shape=(len(idx), self.shape[1]))
+
+    def dense(self, idx: np.ndarray) -> np.ndarray:
+        """The rows ``idx`` as a dense float32 array ``[len(idx), n_cols]``."""
+        return self.csr(idx).astype(np.float32).toarray()
