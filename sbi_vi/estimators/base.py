@@ -248,7 +248,8 @@ class NeuralEstimator(abc.ABC):
                 )
                 self._state = state
             net = self._neural_net.requires_grad_(True)
-            if state.best_weights is None and self._net_trained:  # continue a trained net:
+            trained_before = getattr(self, "_net_trained", True)  # pickles from before it
+            if state.best_weights is None and trained_before:  # continue a trained net:
                 state.best_weights = snapshot(net, None)  # an interrupt before 1 epoch keeps it
             summary = self._summary
             epochs_before = state.epoch
@@ -272,7 +273,7 @@ class NeuralEstimator(abc.ABC):
             finally:  # also after an exception or Ctrl-C: a consistent, usable estimator
                 net.zero_grad(set_to_none=True)
                 net.requires_grad_(False)  # a frozen estimator makes VI's backward cheaper
-                self._net_trained = self._net_trained or state.epoch > 0
+                self._net_trained = trained_before or state.epoch > 0
                 summary["epochs_trained"].append(state.epoch)
                 summary["best_validation_loss"].append(state.best_val_loss)
         if show_train_summary:
