@@ -193,18 +193,23 @@ class AnnDataModel:
     def view_anndata_setup(
         self, adata: Any | None = None, hide_state_registries: bool = False
     ) -> None:
-        """Print the set-up of :attr:`adata` or of ``adata``.
+        """Print the set-up of :attr:`adata` or of ``adata`` (set up with ``setup_anndata``,
+        or checked against the model's set-up by one of its methods).
 
         Raises:
-            ValueError: ``adata`` was never set up with ``setup_anndata``.
+            ValueError: ``adata`` was never set up nor given to the model.
         """
         adata = self._adata if adata is None else adata
-        if SETUP_KEY not in getattr(adata, "uns", {}):
+        uns = getattr(adata, "uns", {})
+        if str(uns.get(UUID_KEY)) in self._known_uuids:
+            setup = self.setup
+        elif SETUP_KEY in uns:
+            setup = AnnDataSetup.from_dict(uns[SETUP_KEY])
+        else:
             raise ValueError(
                 f"Given AnnData not set up with {type(self).__name__}.setup_anndata; cannot "
                 "view its set-up."
             )
-        setup = AnnDataSetup.from_dict(adata.uns[SETUP_KEY])
         AnnDataManager(adata, setup, type(self).__name__).view_registry(
             hide_state_registries=hide_state_registries
         )

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,8 @@ class BaseSingleCellModel(AnnDataModel):
     def __init__(self, adata: Any, **init_params: Any):
         super().__init__(adata)
         self.init_params_ = dict(init_params)
+        self.run_name_ = f"run_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+        self.run_id_ = ""
         with seeded(settings.seed):  # the weights: reproducible under settings.seed
             self.module = self._build_module(**init_params)
         self.is_trained_ = False
@@ -313,12 +316,93 @@ class BaseSingleCellModel(AnnDataModel):
         self.validation_indices = np.asarray(state["validation_indices"])
         self.test_indices = np.asarray(state.get("test_indices", np.zeros(0, dtype=np.int64)))
 
+    # -- scvi-tools API that is not offered --------------------------------------------
+
+    @classmethod
+    def load_query_data(cls, *args: Any, **kwargs: Any) -> BaseSingleCellModel:
+        """Not offered: scArches reference mapping.
+
+        Raises:
+            NotImplementedError: Always; train one model on reference and query cells
+                together (``setup_anndata`` on their concatenation) instead.
+        """
+        raise _not_offered(cls, "load_query_data", "scArches reference mapping")
+
+    @staticmethod
+    def prepare_query_anndata(*args: Any, **kwargs: Any) -> Any:
+        """Not offered (see :meth:`load_query_data`).
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise _not_offered(BaseSingleCellModel, "prepare_query_anndata", "scArches query set-up")
+
+    def minify_adata(self, *args: Any, **kwargs: Any) -> None:
+        """Not offered: minified AnnData (latent posterior parameters instead of counts).
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise _not_offered(type(self), "minify_adata", "minified AnnData")
+
+    @classmethod
+    def convert_legacy_save(cls, *args: Any, **kwargs: Any) -> None:
+        """Not offered: sbi_vi reads only its own saves (:meth:`save`).
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise _not_offered(cls, "convert_legacy_save", "scvi-tools' legacy save files")
+
+    @classmethod
+    def setup_mudata(cls, *args: Any, **kwargs: Any) -> None:
+        """Not offered: MuData; set up the RNA modality's AnnData with ``setup_anndata``.
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise _not_offered(cls, "setup_mudata", "MuData")
+
+    def differential_abundance(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: differential abundance over the aggregated posterior.
+
+        Raises:
+            NotImplementedError: Always; :meth:`get_aggregated_posterior` gives the
+                per-sample mixtures it compares.
+        """
+        raise _not_offered(type(self), "differential_abundance", "differential abundance")
+
+    @property
+    def run_name(self) -> str:
+        """A name of the model's run (scvi-tools' MLflow tag; not logged anywhere here)."""
+        return getattr(self, "run_name_", "")
+
+    @run_name.setter
+    def run_name(self, value: str) -> None:
+        self.run_name_ = str(value)
+
+    @property
+    def run_id(self) -> str:
+        """An identifier of the model's run (scvi-tools' MLflow id; empty here)."""
+        return getattr(self, "run_id_", "")
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self.run_id_ = str(value)
+
     def __repr__(self) -> str:
         status = "trained" if self.is_trained_ else "not trained"
         return (
             f"{type(self).__name__}({self._adata.n_obs} cells × {self.setup.n_vars} genes, "
             f"{self.setup.n_batch} batches, {status})"
         )
+
+
+def _not_offered(cls: type, name: str, what: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{cls.__name__}.{name} ({what}) is a scvi-tools method that sbi_vi.singlecell does not "
+        "offer; see the guide's 'Coming from scvi-tools' section for what maps and what not."
+    )
 
 
 def _has_batch_norm(module: torch.nn.Module) -> bool:

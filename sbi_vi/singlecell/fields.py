@@ -23,6 +23,7 @@ import scipy.sparse as sp
 __all__ = [
     "SETUP_KEY",
     "AnnDataSetup",
+    "MissingFieldError",
     "check_counts",
     "find_non_count",
     "get_counts",
@@ -33,6 +34,14 @@ SETUP_KEY = "_sbi_vi_setup"
 """Where :func:`setup_anndata` stores its record in ``adata.uns``."""
 
 _CHUNK_ROWS = 4096
+
+
+class MissingFieldError(ValueError, KeyError):
+    """An AnnData lacks a column or layer of the set-up (a ``ValueError``, and a
+    ``KeyError`` as scvi-tools raises there)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -136,10 +145,14 @@ class AnnDataSetup:
                 f"e.g. missing: {missing}."
             )
         if self.layer is not None and self.layer not in adata.layers:
-            raise ValueError(f"`adata` has no layer {self.layer!r} (the model's count layer).")
+            raise MissingFieldError(
+                f"`adata` has no layer {self.layer!r} (the model's count layer)."
+            )
         for key in self._obs_keys():
             if key not in adata.obs:
-                raise ValueError(f"`adata.obs` has no column {key!r}, which the model reads.")
+                raise MissingFieldError(
+                    f"`adata.obs` has no column {key!r}, which the model reads."
+                )
 
     def _obs_keys(self) -> list[str]:
         keys = [self.batch_key, self.labels_key, self.size_factor_key]

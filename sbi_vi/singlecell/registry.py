@@ -48,6 +48,17 @@ class attrdict(dict):
         except KeyError as err:
             raise AttributeError(f"no entry {key!r}; entries: {sorted(self)}") from err
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return dict.__eq__(self, other)
+        items = getattr(other, "items", None)  # other mapping types (scvi-tools' attrdict)
+        return callable(items) and dict(self) == dict(items())
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as dict
+
 
 def assign_uuid(adata: Any, *, overwrite: bool = False) -> str:
     """The identifier in ``adata.uns["_scvi_uuid"]``, written first if missing."""

@@ -164,6 +164,34 @@ class VAEMixin(BaseSingleCellModel):
         return np.float64(out.double().mean()) if return_mean else out
 
     @torch.no_grad()
+    def get_aggregated_posterior(
+        self,
+        adata: Any | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+    ) -> torch.distributions.MixtureSameFamily:
+        """The aggregated posterior ``(1/N) Σ_n q(z | x_n)`` over the cells (scvi-tools').
+
+        Each cell's component is the Gaussian with its posterior mean and variance of z
+        (:meth:`get_latent_representation` with ``return_dist=True``).
+
+        Returns:
+            A mixture with ``N`` equally weighted diagonal-Gaussian components of event shape
+            ``[n_latent]``.
+        """
+        mean, var = self.get_latent_representation(
+            adata, indices, batch_size=batch_size, return_dist=True, dataloader=dataloader
+        )
+        loc = torch.as_tensor(mean, device=self.device)
+        scale = torch.as_tensor(var, device=self.device).sqrt()
+        dist = torch.distributions
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=torch.zeros(loc.shape[0], device=self.device)),
+            dist.Independent(dist.Normal(loc, scale), 1),
+        )
+
+    @torch.no_grad()
     def get_psis_khat(
         self,
         adata: Any | None = None,

@@ -324,3 +324,47 @@ def test_corrupted_or_foreign_save_is_a_clear_error(model, tmp_path):
         SCVI.load(tmp_path / "m", adata=model.adata)
     with pytest.raises(FileNotFoundError, match="prefix"):
         SCVI.load(tmp_path / "m", adata=model.adata, prefix="other_")
+
+
+def test_aggregated_posterior_and_run_names(model):
+    model.train(max_epochs=1, enable_progress_bar=False, seed=0)
+    agg = model.get_aggregated_posterior(indices=np.arange(20))
+    mean, var = model.get_latent_representation(indices=np.arange(20), return_dist=True)
+    z = torch.zeros(1, 2)
+    expected = torch.logsumexp(
+        torch.distributions.Normal(torch.as_tensor(mean), torch.as_tensor(var).sqrt())
+        .log_prob(z)
+        .sum(-1),
+        0,
+    ) - np.log(20)
+    torch.testing.assert_close(agg.log_prob(z)[0], expected)
+    assert model.run_name.startswith("run_") and model.run_id == ""
+    model.run_id = "abc"
+    assert model.run_id == "abc"
+
+
+def test_scvi_tools_methods_not_offered_say_so(model):
+    for call in (
+        lambda: SCVI.load_query_data(model.adata, "ref"),
+        lambda: SCVI.prepare_query_anndata(model.adata, "ref"),
+        lambda: model.minify_adata(),
+        lambda: SCVI.convert_legacy_save("a", "b"),
+        lambda: SCVI.setup_mudata(None),
+        lambda: model.differential_abundance(),
+    ):
+        with pytest.raises(NotImplementedError, match="does not offer"):
+            call()
+
+
+def test_views_of_an_anndata_the_model_checked(model, adata, capsys):
+    other = adata.copy()
+    del other.uns["_sbi_vi_setup"], other.uns["_scvi_uuid"]
+    model.get_elbo(other)  # checked against the set-up, hence known to the model
+    model.view_anndata_setup(other)
+    assert "n_cells: 130" in capsys.readouterr().out
+    missing = adata.copy()
+    del missing.obs["batch"]
+    with pytest.raises(KeyError, match="batch"):  # scvi-tools raises KeyError; ours is both
+        model.adata = missing
+    with pytest.raises(ValueError, match="batch"):
+        model.adata = missing
