@@ -77,6 +77,10 @@ class Objective:
         self._runner: ModelRunner | None = None
         self._vectorized: dict[int, Callable[..., Any]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The vectorised guide is a closure (rebuilt on demand); it does not pickle.
+        return {**self.__dict__, "_vectorized": {}}
+
     # --- setup ----------------------------------------------------------------------------
 
     def setup(self, args: tuple, kwargs: dict) -> None:

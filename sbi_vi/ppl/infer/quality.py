@@ -60,8 +60,14 @@ def nonfinite_sites(svi: SVI, args: tuple, kwargs: dict, n: int = 16) -> list[st
     try:
         with torch.no_grad():
             values, _ = guide_values(svi, args, kwargs, n, full)
+            out = [
+                f"{name!r} (value)"
+                for name, value in values.items()
+                if value.is_floating_point() and not bool(torch.isfinite(value).all())
+            ]
+            if out:  # the model would only fail on them
+                return out
             tr = model_trace(svi, args, kwargs, values, n, full)
-            out = []
             for name, msg in tr.items():
                 if msg.type != "sample":
                     continue
@@ -75,7 +81,8 @@ def nonfinite_sites(svi: SVI, args: tuple, kwargs: dict, n: int = 16) -> list[st
                 elif not bool(torch.isfinite(site_log_prob(msg)).all()):
                     out.append(f"{name!r} (log density)")
     except (ValueError, RuntimeError) as err:
-        return [f"the model cannot be run at the guide's draws ({err})"]
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return [f"the model cannot be run at the guide's draws ({first})"]
     return out
 
 

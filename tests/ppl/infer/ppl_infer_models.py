@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import Dirichlet, HalfNormal, Independent, Normal
+from torch.distributions import Dirichlet, HalfNormal, Independent, Normal, constraints
 
-from sbi_vi.ppl import deterministic, plate, sample
+from sbi_vi.ppl import deterministic, param, plate, sample
 
 SIGMA_PRIOR, SIGMA = 2.0, 1.0
 
@@ -70,3 +70,10 @@ def local_model(y: torch.Tensor, subsample_size: int | None = 4) -> None:
 def make_local_data() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return 1.0 + 1.5 * torch.randn(12, generator=g) + 0.5 * torch.randn(12, generator=g)
+
+
+def gaussian_guide(x: torch.Tensor) -> None:
+    """A hand-written guide of ``gaussian_model`` (module level, so that it pickles)."""
+    loc = param("loc", torch.tensor(0.0))
+    scale = param("scale", torch.tensor(0.5), constraint=constraints.positive)
+    sample("mu", Normal(loc, scale))
