@@ -124,9 +124,15 @@ def value_problem(msg: Message) -> str | None:
     if isinstance(inside, Tensor) and not bool(inside.all()):
         bad = (~inside).nonzero()[0].tolist()
         entry = value[tuple(bad[: value.dim()])] if value.dim() else value
+        fix = (
+            ""
+            if msg.is_observed
+            else "; a guide must draw each site inside the model's support (e.g. LogNormal "
+            "for a positive site)"
+        )
         return (
             f"{what} lies outside the support {fn.support} of {type(fn).__name__} "
-            f"({_count(~inside)}; e.g. {entry.tolist()} at index {tuple(bad)})"
+            f"({_count(~inside)}; e.g. {entry.tolist()} at index {tuple(bad)}){fix}"
         )
     return None
 

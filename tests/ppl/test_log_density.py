@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import HalfNormal, Independent, Normal, Poisson
 
-from sbi_vi.ppl import plate, sample
+from sbi_vi.ppl import param, plate, sample
 from sbi_vi.ppl.handlers import mask, trace
 from sbi_vi.ppl.infer import SVI, AutoNormal
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
@@ -129,3 +129,12 @@ def test_event_shaped_observations_name_the_event_shape():
 
     with pytest.raises(ValueError, match=r"'y'.*\(3, 4\).*event shape \(2,\)"):
         SVI(vector, AutoNormal(vector), lr=0.01).run(3, torch.ones(3, 4), show_progress_bar=False)
+
+
+def test_a_guide_that_leaves_the_support_is_named_with_the_remedy():
+    def guide(y):
+        loc = param("s_loc", torch.tensor(-1.0))
+        sample("s", Normal(loc, 0.1))  # negative draws for a positive site
+
+    with pytest.raises(ValueError, match=r"latent site 's'.*outside the support.*LogNormal"):
+        SVI(positive, guide, lr=0.01).run(2, torch.ones(5), show_progress_bar=False)

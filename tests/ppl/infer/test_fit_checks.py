@@ -123,7 +123,7 @@ def test_non_finite_parameters_are_a_divergence_and_the_warning_can_be_an_error(
         assert not check_diverged(svi, (x,), {}, 0, 50)
         with torch.no_grad():
             next(iter(svi.guide.parameters())).fill_(math.nan)
-        with pytest.raises(DivergedWarning, match="parameters are not all finite.*'mu' \\(value"):
+        with pytest.raises(DivergedWarning, match=r"parameters are not all finite.*'mu' \(value"):
             check_diverged(svi, (x,), {}, 0, 50)
 
 
