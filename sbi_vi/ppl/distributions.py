@@ -13,7 +13,7 @@ dim broadcast it) and ``log_prob``; all but :class:`ImproperUniform` have ``rsam
   infinite (Stan's ``normal(...) T[low, high]``, or a normal prior on a bounded parameter).
 - Re-exported from torch, which has them with the right supports: :class:`HalfCauchy`,
   :class:`HalfNormal`, :class:`LKJCholesky` (a ``cholesky_factor_corr`` parameter; the
-  autoguides map to it with ``CorrCholeskyTransform``), :class:`InverseGamma`.
+  autoguides use torch's map with a stable log-determinant), :class:`InverseGamma`.
 
 Example:
     >>> import torch

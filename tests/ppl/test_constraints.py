@@ -1,4 +1,5 @@
-"""sbi_vi.ppl.constraints: ordered supports, their bijections, and a fit on one."""
+"""sbi_vi.ppl.constraints: ordered supports, their bijections and a fit on one; the stable
+log-determinant of the corr_cholesky map."""
 
 from __future__ import annotations
 
@@ -6,18 +7,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.distributions import Normal, biject_to
+from torch.distributions import CorrCholeskyTransform, Normal, biject_to, constraints
 
 from sbi_vi.ppl import factor, sample
 from sbi_vi.ppl.constraints import (
     OrderedTransform,
     PositiveOrderedTransform,
+    StableCorrCholeskyTransform,
     ordered_vector,
     positive_ordered_vector,
 )
 from sbi_vi.ppl.distributions import ImproperUniform
 from sbi_vi.ppl.infer import SVI, AutoMultivariateNormal, init_to_feasible
-from sbi_vi.ppl.infer.sites import inspect_model
+from sbi_vi.ppl.infer.sites import bijector, inspect_model
 
 
 def test_checks():
@@ -85,3 +87,24 @@ def test_ordered_site_with_a_normal_density_gives_the_normal_order_statistics():
     torch.testing.assert_close(draws.mean(0), expected_mean, atol=0.08, rtol=0)
     # a Gaussian over (c0, log gaps) is close to, not equal to, this law: sds within 20%
     torch.testing.assert_close(draws.std(0), torch.tensor([0.748, 0.669, 0.748]), rtol=0.2, atol=0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_stable_corr_cholesky_log_det_equals_torch_and_autograd_and_stays_finite(k):
+    stable, plain = StableCorrCholeskyTransform(), CorrCholeskyTransform()
+    assert isinstance(bijector(constraints.corr_cholesky), StableCorrCholeskyTransform)
+    torch.manual_seed(k)
+    u = torch.randn(50, k * (k - 1) // 2, dtype=torch.float64)
+    chol = stable(u)
+    torch.testing.assert_close(chol, plain(u))
+    torch.testing.assert_close(
+        stable.log_abs_det_jacobian(u, chol), plain.log_abs_det_jacobian(u, chol)
+    )
+    rows, cols = torch.tril_indices(k, k, -1)
+    jac = torch.autograd.functional.jacobian(lambda v: stable(v)[rows, cols], u[0])
+    expected = torch.linalg.slogdet(jac).logabsdet
+    torch.testing.assert_close(stable.log_abs_det_jacobian(u[0], chol[0]), expected)
+    wide = 4 * torch.randn(5000, k * (k - 1) // 2)  # float32, far from the origin
+    assert bool(torch.isfinite(stable.log_abs_det_jacobian(wide, stable(wide))).all())
+    if k >= 5:  # torch's own log-det, computed from the output, is not
+        assert not bool(torch.isfinite(plain.log_abs_det_jacobian(wide, plain(wide))).all())

@@ -24,6 +24,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.constraints import Constraint
 from torch.distributions.transforms import ExpTransform, IndependentTransform, Transform
 
+from sbi_vi.ppl.constraints import StableCorrCholeskyTransform
 from sbi_vi.ppl.handlers import block, seed, trace
 from sbi_vi.ppl.infer.init import init_to_feasible, no_bijection_error
 from sbi_vi.ppl.infer.runner import ModelRunner, particle_plate
@@ -335,8 +336,12 @@ def _plate_dim(tr: Any, name: str) -> int:
     return -1  # a plate without sites
 
 
+_CORR = StableCorrCholeskyTransform()
+
+
 def bijector(support: Constraint) -> Transform | None:
-    """``biject_to(support)``: ``None`` for ℝ, a plain ``exp`` for the positive reals.
+    """``biject_to(support)``: ``None`` for ℝ, a plain ``exp`` for the positive reals, and
+    :class:`~sbi_vi.ppl.constraints.StableCorrCholeskyTransform` for ``corr_cholesky``.
 
     torch registers bijections by constraint *type*, so ``positive`` gets the general
     ``greater_than`` map (``exp`` followed by a shift by 0); the plain ``exp`` is the same
@@ -348,6 +353,8 @@ def bijector(support: Constraint) -> Transform | None:
         base = base.base_constraint
     if base is constraints.real:
         return None
+    if base is constraints.corr_cholesky:  # torch's log-det is not finite in float32
+        return IndependentTransform(_CORR, ndims) if ndims else _CORR
     bound = getattr(base, "lower_bound", None)
     if (
         type(base) in (constraints.greater_than, constraints.greater_than_eq)
