@@ -85,7 +85,7 @@ class AnnDataModel:
                 "first."
             )
         self.setup = AnnDataSetup.from_dict(record)
-        self._known_uuids: set[str] = set()
+        self._known_uuids: dict[str, int] = {}  # uuid -> id() of the AnnData it marks
         self._adata = adata
         self._register(adata)
         self._data_cache: tuple[int, CellData] | None = None
@@ -133,7 +133,10 @@ class AnnDataModel:
         self._data_cache = None
 
     def _register(self, adata: Any) -> None:
-        self._known_uuids.add(assign_uuid(adata))
+        uuid = str(adata.uns.get(UUID_KEY, ""))
+        if self._known_uuids.get(uuid, id(adata)) != id(adata):
+            assign_uuid(adata, overwrite=True)  # a copy: a marker of its own, as scvi-tools
+        self._known_uuids[assign_uuid(adata)] = id(adata)
 
     def _validate_adata(self, adata: Any | None) -> Any:
         """``adata`` (checked against the model's set-up), or the model's own AnnData."""
@@ -143,6 +146,11 @@ class AnnDataModel:
             self.setup.transfer(adata)
             self._register(adata)
         return adata
+
+    def _validate_anndata(self, adata: Any | None = None, copy_if_view: bool = True) -> Any:
+        """scvi-tools' name of :meth:`_validate_adata` (its scripts and tests call it)."""
+        del copy_if_view
+        return self._validate_adata(adata)
 
     @property
     def adata_manager(self) -> AnnDataManager:

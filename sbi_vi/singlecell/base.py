@@ -301,7 +301,7 @@ class BaseSingleCellModel(AnnDataModel):
 
     def _restore(self, adata: Any, setup: AnnDataSetup, state: dict[str, Any]) -> None:
         self._adata = adata
-        self._known_uuids = set()
+        self._known_uuids = {}
         self._register(adata)
         self.setup = setup
         self.init_params_ = dict(state["init_params"])

@@ -63,8 +63,8 @@ class TrainingPlan:
         n_particles: Latent draws per cell and step (times ``K`` for IW).
         compile: ``False`` only (``torch.compile`` of the module is not offered).
         compile_kwargs: Accepted with ``compile=False``.
-        on_step: Accepted for compatibility (metrics are logged per epoch).
-        on_epoch: Accepted for compatibility.
+        on_step: ``False`` only (``history`` is per epoch; per-step logging is refused).
+        on_epoch: ``True`` only.
     """
 
     lr: float = 1e-3
@@ -107,6 +107,11 @@ class TrainingPlan:
             raise ValueError(
                 "`plan_kwargs` need 0 <= min_kl_weight <= max_kl_weight, got "
                 f"{plan.min_kl_weight} and {plan.max_kl_weight}."
+            )
+        if plan.on_step or plan.on_epoch is False:
+            raise ValueError(
+                "`plan_kwargs['on_step']=True` / `['on_epoch']=False` (per-step logging) is not "
+                "offered: `history` holds one value per epoch."
             )
         if plan.compile:
             raise ValueError(

@@ -89,6 +89,8 @@ def test_unknown_and_refused_trainer_options(model):
         model.train(max_epochs=1, early_stopping=True, early_stopping_mode="up")
     with pytest.raises(TypeError, match="plan_config"):
         model.train(max_epochs=1, plan_config=3)
+    with pytest.raises(ValueError, match="per-step logging"):
+        model.train(max_epochs=1, plan_kwargs={"on_step": True, "on_epoch": True})
     assert not model.is_trained  # nothing ran
 
 
@@ -368,3 +370,12 @@ def test_views_of_an_anndata_the_model_checked(model, adata, capsys):
         model.adata = missing
     with pytest.raises(ValueError, match="batch"):
         model.adata = missing
+
+
+def test_a_copy_gets_its_own_marker(model, adata):
+    other = adata.copy()
+    assert other.uns["_scvi_uuid"] == adata.uns["_scvi_uuid"]
+    model.get_elbo(other)
+    assert other.uns["_scvi_uuid"] != adata.uns["_scvi_uuid"]
+    assert model.get_anndata_manager(other) is not None
+    assert model.get_anndata_manager(adata) is not None
