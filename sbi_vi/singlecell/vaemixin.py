@@ -159,8 +159,8 @@ class VAEMixin(BaseSingleCellModel):
         values = []
         with seeded(seed):
             for cells in self._minibatches(adata, indices, batch_size, dataloader):
-                values.append(log_mean_weight(self._log_weights(cells, n_mc_samples)).cpu())
-        out = torch.cat(values)
+                values.append(log_mean_weight(self._log_weights(cells, n_mc_samples)))
+        out = torch.cat(values).cpu()  # one device-to-host copy, not one per minibatch
         return np.float64(out.double().mean()) if return_mean else out
 
     @torch.no_grad()
