@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch.distributions import MultivariateNormal, Normal, Uniform, constraints
+from torch.distributions import (
+    Independent,
+    LogNormal,
+    MultivariateNormal,
+    Normal,
+    Uniform,
+    constraints,
+)
 
-from sbi_vi.ppl import plate, sample
+from sbi_vi.ppl import param, plate, sample
 from sbi_vi.ppl.distributions import (
     FoldedDistribution,
     HalfCauchy,
@@ -260,3 +267,23 @@ def test_lkj_cholesky_correlation_is_recovered_with_autonormal():
     # posterior sd of each correlation is about (1 - r²) / √n ≤ 0.05
     torch.testing.assert_close(corr, sample_corr, atol=0.06, rtol=0)
     assert not math.isnan(float(result.losses[-1]))
+
+
+def test_map_and_hand_written_guide_on_a_flat_prior_model():
+    x, y = _regression_data()
+    least_squares = torch.linalg.lstsq(x.double(), y.double()[:, None]).solution.squeeze(-1)
+    guide = AutoDelta(flat_regression)
+    SVI(flat_regression, guide, lr=0.05).run(600, x, y, seed=0, show_progress_bar=False)
+    # the mode in β of p(β, σ | y) ∝ σ^-n exp(-|y - Xβ|² / 2σ²) is least squares, for any σ
+    torch.testing.assert_close(guide.median()["beta"].double(), least_squares, atol=0.02, rtol=0)
+
+    def hand_guide(x, y):
+        loc = param("beta_loc", torch.zeros(P))
+        sample("beta", Independent(Normal(loc, 0.1), 1))
+        sample("sigma", LogNormal(param("log_sigma_loc", torch.tensor(0.0)), 0.1))
+
+    result = SVI(flat_regression, hand_guide, lr=0.05).run(
+        400, x, y, seed=0, show_progress_bar=False
+    )
+    assert bool(torch.isfinite(result.losses).all())
+    torch.testing.assert_close(result.params["beta_loc"].double(), least_squares, atol=0.1, rtol=0)
