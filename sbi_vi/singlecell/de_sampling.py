@@ -210,7 +210,7 @@ def _reliable_cells(khat: np.ndarray, settings: ImportanceSettings, group: str) 
                 f"{khat.size} cells (median k̂ {np.median(khat):.2f}); their reweighted draws "
                 "are unreliable. Raise `importance_weighting_kwargs['n_mc_samples']`, or set "
                 "`importance_weighting_kwargs['khat_threshold']` to drop such cells.",
-                stacklevel=5,
+                stacklevel=6,  # the caller of differential_expression
             )
         return np.ones(khat.size, dtype=bool)
     keep = khat <= settings.khat_threshold
@@ -225,7 +225,7 @@ def _reliable_cells(khat: np.ndarray, settings: ImportanceSettings, group: str) 
         warnings.warn(
             f"Importance weighting of {group}: {int((~keep).sum())} of {khat.size} cells have "
             f"PSIS k̂ > {settings.khat_threshold} and are left out.",
-            stacklevel=5,
+            stacklevel=6,  # the caller of differential_expression
         )
     return keep
 

@@ -148,6 +148,12 @@ def test_ground_truth_ranking_and_fdr_call(de_model):
         assert (
             np.sign(res["lfc_mean"].to_numpy()[called & truth]) == np.sign(lfc[called & truth])
         ).all()
+        if n is not None:  # the importance-weighted draws rank as well
+            weighted = de_model.differential_expression(
+                idx1=m1, idx2=m2, mode="change", weights="importance", silent=True
+            )
+            weighted = weighted.loc[adata.var_names, "proba_de"]
+            assert average_precision_score(truth, weighted) > 0.9
     vanilla = de_model.differential_expression(idx1=m1, idx2=m2)
     assert average_precision_score(truth, vanilla.loc[adata.var_names, "bayes_factor"].abs()) > 0.8
 
