@@ -109,9 +109,11 @@ class CellData:
             self._counts = sp.csr_matrix(counts, dtype=np.float32)
         else:
             self._counts = torch.as_tensor(np.asarray(counts, dtype=np.float32))
-        self.batch_index = torch.as_tensor(setup.batch_codes(adata))
-        self.labels = torch.as_tensor(setup.labels_codes(adata))
-        self.cat_covs = torch.as_tensor(setup.covariate_codes(adata))
+        # codes kept as int16 where they fit (2 instead of 8 bytes per cell and field: an
+        # atlas's per-cell state stays small); minibatches get int64
+        self.batch_index = _compact_codes(setup.batch_codes(adata))
+        self.labels = _compact_codes(setup.labels_codes(adata))
+        self.cat_covs = _compact_codes(setup.covariate_codes(adata))
         self.cont_covs = torch.as_tensor(setup.continuous_covariates(adata))
         factors = setup.size_factors(adata)
         self.size_factor = None if factors is None else torch.as_tensor(factors)
@@ -157,9 +159,9 @@ class CellData:
         t = torch.as_tensor(idx)
         return CellBatch(
             x=self.counts(idx),
-            batch_index=self.batch_index[t],
-            labels=self.labels[t],
-            cat_covs=self.cat_covs[t],
+            batch_index=self.batch_index[t].long(),
+            labels=self.labels[t].long(),
+            cat_covs=self.cat_covs[t].long(),
             cont_covs=self.cont_covs[t],
             size_factor=None if self.size_factor is None else self.size_factor[t],
             indices=t,
@@ -191,6 +193,15 @@ class CellData:
             if drop_singletons and len(chunk) == 1 and len(idx) > 1:
                 continue
             yield self.batch(chunk)
+
+
+def _compact_codes(codes: Any) -> Tensor:
+    """Integer codes as an int16 tensor when they fit, else as they are."""
+    array = np.asarray(codes)
+    small = np.iinfo(np.int16)
+    if array.size == 0 or (array.min() >= small.min and array.max() <= small.max):
+        array = array.astype(np.int16)
+    return torch.as_tensor(array)
 
 
 def _chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:

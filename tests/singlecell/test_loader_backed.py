@@ -97,3 +97,4 @@ def test_minibatches_from_the_file_equal_those_in_memory(small_chunks):
         torch.testing.assert_close(on_disk.indices, in_memory.indices)
         torch.testing.assert_close(on_disk.x, in_memory.x)
         torch.testing.assert_close(on_disk.batch_index, in_memory.batch_index)
+        assert on_disk.batch_index.dtype == on_disk.labels.dtype == torch.int64
