@@ -248,7 +248,8 @@ class Dataset:
             if name == "synthetic_zinb":
                 pick = 1 if args.quick else 0
                 sizes = {key: value[pick] for key, value in ZINB_DATA.items()}
-                self.epochs = sizes.pop("epochs")
+                epochs = sizes.pop("epochs")
+                self.epochs = epochs if args.epochs_zinb is None else args.epochs_zinb
                 self.data_kwargs.update(sizes, likelihood="zinb")
                 self.model_kwargs = ZINB_MODEL_KWARGS
             adata = synthetic_counts(**self.data_kwargs)
@@ -1067,6 +1068,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-de-genes", type=int, default=None, help="synthetic (200; quick 40)")
     parser.add_argument("--epochs-synthetic", type=int, default=None, help="80 (quick 5)")
     parser.add_argument("--epochs-pbmc", type=int, default=None, help="200 (quick 5)")
+    parser.add_argument("--epochs-zinb", type=int, default=None, help="100 (quick 5)")
     parser.add_argument("--de-repeats", type=int, default=None, help="25-vs-25 DE (5; quick 2)")
     parser.add_argument(
         "--quick",
