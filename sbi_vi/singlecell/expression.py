@@ -9,7 +9,7 @@ likelihood's parameters.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,8 @@ from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_int
 from sbi_vi.singlecell.base import BaseSingleCellModel
+from sbi_vi.singlecell.de_sampling import importance_draws
+from sbi_vi.singlecell.de_settings import ImportanceSettings
 from sbi_vi.singlecell.distributions import (
     NegativeBinomial,
     ZeroInflatedNegativeBinomial,
@@ -28,6 +30,7 @@ from sbi_vi.singlecell.distributions import (
 )
 from sbi_vi.singlecell.loader import CellBatch, resolve_indices
 from sbi_vi.singlecell.normal import NormalLikelihood
+from sbi_vi.singlecell.settings import settings
 
 __all__ = ["RNAMixin"]
 
@@ -109,12 +112,13 @@ class RNAMixin(BaseSingleCellModel):
         library_size: float | str = 1,
         n_samples: int = 1,
         n_samples_overall: int | None = None,
+        weights: Literal["uniform", "importance"] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
         return_numpy: bool | None = None,
         silent: bool = True,
         dataloader: Iterable[Any] | None = None,
-        **kwargs: Any,
+        **importance_weighting_kwargs: Any,
     ) -> np.ndarray | pd.DataFrame:
         """Denoised, library-normalised expression ``ρ_n · library_size`` of each cell.
 
@@ -129,22 +133,47 @@ class RNAMixin(BaseSingleCellModel):
             n_samples: Draws of q(z | x) per cell.
             n_samples_overall: Draw this many cells (with replacement) among ``indices``
                 and one sample each.
+            weights: With ``n_samples_overall``: ``"uniform"`` (``None``) encoder draws, or
+                ``"importance"``: each cell's draws reweighted towards its exact posterior
+                by PSIS and resampled, every cell with an equal share (as
+                ``differential_expression(weights="importance")``). Without
+                ``n_samples_overall`` it has no effect, as in scvi-tools.
             batch_size: Cells per forward pass.
             return_mean: Average over the ``n_samples`` draws.
             return_numpy: Return an array (default: a DataFrame unless the result is 3-D).
             silent: Accepted for compatibility (no progress bar is shown).
             dataloader: Minibatches to use instead of ``adata``/``indices``.
+            **importance_weighting_kwargs: Settings of ``weights="importance"``
+                (``max_cells``, ``truncation``, ``n_mc_samples``, ``n_mc_samples_per_pass``,
+                ``khat_threshold``).
 
         Returns:
             ``[n_cells, n_genes]`` (DataFrame indexed by cell and gene names), or
-            ``[n_samples, n_cells, n_genes]`` when ``n_samples > 1`` and not averaged.
+            ``[n_samples, n_cells, n_genes]`` when ``n_samples > 1`` and not averaged;
+            ``[n_samples_overall, n_genes]`` with ``n_samples_overall``.
+
+        Raises:
+            TypeError: An unknown keyword argument.
+            ValueError: ``weights`` not among the choices, or ``library_size="latent"``
+                with importance weights.
+            NotImplementedError: Importance weights with several ``transform_batch``
+                values (as scvi-tools).
         """
-        if kwargs:
-            raise TypeError(f"Unexpected keyword arguments: {sorted(kwargs)}.")
         del silent
+        importance = ImportanceSettings.from_kwargs(importance_weighting_kwargs)
+        if weights not in (None, "uniform", "importance"):
+            raise ValueError(
+                f"`weights` must be 'uniform', 'importance' or None, got {weights!r}."
+            )
         n_samples = check_positive_int("n_samples", n_samples)
         adata_ = self._validate_adata(adata)
         idx = resolve_indices(indices, adata_.n_obs)
+        if weights == "importance" and n_samples_overall is not None:
+            return self._importance_expression(
+                adata_, idx, transform_batch, gene_list, library_size,
+                check_positive_int("n_samples_overall", n_samples_overall),
+                batch_size, importance,
+            )  # fmt: skip
         if n_samples_overall is not None:
             # n_samples_overall draws: cells (with replacement) among ``idx``, one latent
             # draw each; an array [n_samples_overall, G'] as scvi-tools returns.
@@ -177,6 +206,35 @@ class RNAMixin(BaseSingleCellModel):
             return out
         obs_names = np.asarray(adata_.obs_names)[idx] if dataloader is None else None
         return pd.DataFrame(out, index=obs_names, columns=self._gene_names(gene_list))
+
+    def _importance_expression(
+        self,
+        adata: Any,
+        idx: np.ndarray,
+        transform_batch: Any,
+        gene_list: Sequence[str] | None,
+        library_size: float | str,
+        n_samples_overall: int,
+        batch_size: int | None,
+        importance: ImportanceSettings,
+    ) -> np.ndarray:
+        """``n_samples_overall`` importance-resampled draws of ``ρ · library_size``."""
+        codes = self._batch_codes(transform_batch)
+        if len(codes) > 1:
+            raise NotImplementedError(
+                "Importance weights cannot be computed when expression levels are averaged "
+                "across batches (several `transform_batch` values)."
+            )
+        if not isinstance(library_size, int | float):
+            raise ValueError(
+                f"`weights='importance'` needs a numeric `library_size`, got {library_size!r}."
+            )
+        draws = importance_draws(
+            self, adata, idx, codes, n_samples_overall,
+            batch_size or settings.batch_size, importance, "`indices`",
+        )  # fmt: skip
+        genes = self._gene_mask(gene_list)
+        return draws.scales[:n_samples_overall][:, genes] * float(library_size)
 
     @torch.no_grad()
     def posterior_predictive_sample(

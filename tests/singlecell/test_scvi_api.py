@@ -379,3 +379,24 @@ def test_a_copy_gets_its_own_marker(model, adata):
     assert other.uns["_scvi_uuid"] != adata.uns["_scvi_uuid"]
     assert model.get_anndata_manager(other) is not None
     assert model.get_anndata_manager(adata) is not None
+
+
+def test_normalized_expression_importance_weights(model, adata):
+    model.train(max_epochs=1, enable_progress_bar=False, seed=0)
+    torch.manual_seed(0)
+    draws = model.get_normalized_expression(
+        indices=np.arange(20), n_samples_overall=50, weights="importance", n_mc_samples=30
+    )
+    assert isinstance(draws, np.ndarray) and draws.shape == (50, 30)
+    np.testing.assert_allclose(draws.sum(1), 1.0, rtol=1e-4)  # library_size=1: frequencies
+    uniform = model.get_normalized_expression(n_samples_overall=50, weights="uniform")
+    assert uniform.shape == (50, 30)
+    with pytest.raises(TypeError, match="n_mc_sample"):
+        model.get_normalized_expression(n_samples_overall=5, weights="importance", n_mc_sample=3)
+    with pytest.raises(ValueError, match="weights"):
+        model.get_normalized_expression(weights="heavy")
+    batches = list(adata.obs["batch"].unique())
+    with pytest.raises(NotImplementedError, match="averaged across batches"):
+        model.get_normalized_expression(
+            n_samples_overall=5, weights="importance", transform_batch=batches
+        )
