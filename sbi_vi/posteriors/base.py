@@ -13,7 +13,6 @@ from torch import Size, Tensor
 
 from sbi_vi._checks import as_tensor
 from sbi_vi._io import load_object, save_object
-from sbi_vi.errors import NotTrainedError
 from sbi_vi.posteriors.setup import event_size_of
 
 __all__ = ["PosteriorBase", "check_sample_shape", "log_prob_far_out"]
@@ -104,7 +103,8 @@ class PosteriorBase:
     """Observation and θ handling of a posterior over a prior with a potential.
 
     Subclasses set ``prior``, ``potential_fn``, ``_device``, ``_x`` (the default
-    observation ``[N, L]`` or ``None``), ``_x_shape`` and ``_trained_on``.
+    observation ``[N, L]`` or ``None``), ``_x_shape`` and ``_fitted`` (the fitted state,
+    whose ``module`` gives q's dtype; see :mod:`sbi_vi.posteriors.fitted`).
     """
 
     prior: Any
@@ -112,7 +112,7 @@ class PosteriorBase:
     _device: str
     _x: Tensor | None
     _x_shape: Size | None
-    _trained_on: Tensor | None
+    _fitted: Any
 
     @property
     def default_x(self) -> Tensor | None:
@@ -174,9 +174,8 @@ class PosteriorBase:
 
     def _q_dtype(self) -> torch.dtype:
         """The floating dtype of q's parameters (θ and x are cast to it before q sees them)."""
-        module = getattr(self, "_amortized", None)
-        if module is None:
-            module = getattr(self, "_family", None)
+        fitted = getattr(self, "_fitted", None)  # None while the constructor builds q
+        module = None if fitted is None else fitted.module
         if isinstance(module, torch.nn.Module):
             for tensor in itertools.chain(module.parameters(), module.buffers()):
                 if tensor.is_floating_point():
@@ -212,17 +211,6 @@ class PosteriorBase:
         if self._x is None:
             raise ValueError("No observation: pass `x=` or call `set_default_x(x_o)` first.")
         return self._x
-
-    def _check_trained_for(self, x: Tensor | None) -> None:
-        if self._trained_on is None:
-            raise NotTrainedError("q is not trained yet: call `train(x_o)` first.")
-        if x is not None:
-            x = self._check_x(x)
-            if x.shape != self._trained_on.shape or not torch.allclose(x, self._trained_on):
-                raise ValueError(
-                    "This q was trained for another observation: it is q(θ) for x_o, not "
-                    "q(θ | x). Call train(x) for the new x (or pass x=None)."
-                )
 
     def _check_theta(self, theta: Tensor, name: str = "theta") -> Tensor:
         """θ ``[*, D]`` checked (shape, NaN, ±inf, support) and cast to q's dtype."""

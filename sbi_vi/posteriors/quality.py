@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from sbi_vi.diagnostics import prop_metric, psis
+from sbi_vi.errors import QualityWarning
 from sbi_vi.vi.families.base import rsample_and_log_prob
 
-__all__ = ["evaluate_quality", "importance_log_weights", "is_reliable", "summarise"]
+__all__ = [
+    "evaluate_quality",
+    "importance_log_weights",
+    "is_reliable",
+    "summarise",
+    "warn_if_unreliable",
+]
+
+logger = logging.getLogger("sbi_vi.posteriors.vi_posterior")  # where users look for it
 
 
 def importance_log_weights(
@@ -69,3 +80,18 @@ def summarise(result: object) -> str:
     if hasattr(result, "khat"):
         return f"PSIS k-hat = {float(result.khat):.3f}, ESS = {float(result.ess):.0f}."
     return f"prop = {float(result.value):.3f} ({result.interpretation})."
+
+
+def warn_if_unreliable(result: object, metric: str) -> None:
+    """Quality control after ``train``: a :class:`QualityWarning` if q should not be trusted
+    (else the verdict is logged at INFO)."""
+    if not is_reliable(result):
+        warnings.warn(
+            f"Quality control ({metric}): {summarise(result)} The variational posterior "
+            "may be inaccurate: train longer, use a more flexible q (e.g. 'nsf'), more "
+            "particles, or vi_method='fKL'/'IW' for a mass-covering fit.",
+            QualityWarning,
+            stacklevel=3,
+        )
+    else:
+        logger.info("Quality control (%s): %s", metric, summarise(result))

@@ -1,10 +1,11 @@
 """Undo a failed or interrupted fit: the posterior is left as the call found it.
 
 A fit that raises (the potential fails, the user presses Ctrl-C) must not leave q half
-trained and the posterior marked warm, or the next ``train()`` would skip the warm-up and
-the annealing that a fit from the prior needs. :func:`restored_on_failure` snapshots the
-family's tensors, the warm flag and the optimizer before the fit and puts them back when
-anything (``BaseException`` included) leaves the block; the exception is re-raised.
+trained and marked warm, or the next ``train()`` would skip the warm-up and the annealing
+that a fit from the prior needs. :func:`restored_on_failure` snapshots the family's tensors,
+the warm flag and the optimizer of a :class:`~sbi_vi.posteriors.single.SingleFit` before the
+fit and puts them back when anything (``BaseException`` included) leaves the block; the
+exception is re-raised.
 """
 
 from __future__ import annotations
@@ -19,23 +20,23 @@ import torch
 
 __all__ = ["restored_on_failure"]
 
-_STATE = ("_warm", "_optimizer", "_scheduler", "_optimizer_key")
+_STATE = ("warm", "optimizer", "scheduler", "optimizer_key")
 
 
 @contextlib.contextmanager
-def restored_on_failure(posterior: Any) -> Iterator[None]:
-    """Restore q's tensors, ``_warm`` and the optimizer of ``posterior`` if the block raises.
+def restored_on_failure(state: Any) -> Iterator[None]:
+    """Restore q's tensors, ``warm`` and the optimizer of ``state`` if the block raises.
 
     Args:
-        posterior: A :class:`~sbi_vi.posteriors.VIPosterior` (its ``_family`` is a module).
+        state: A :class:`~sbi_vi.posteriors.single.SingleFit` (its ``family`` is a module).
     """
-    family = posterior._family
+    family = state.family
     tensors = list(itertools.chain(family.parameters(), family.buffers()))
     saved_tensors = [t.detach().clone() for t in tensors]
-    saved_state = {name: getattr(posterior, name) for name in _STATE}
+    saved_state = {name: getattr(state, name) for name in _STATE}
     saved_dicts = [
         copy.deepcopy(obj.state_dict()) if obj is not None else None
-        for obj in (posterior._optimizer, posterior._scheduler)
+        for obj in (state.optimizer, state.scheduler)
     ]
     try:
         yield
@@ -46,8 +47,8 @@ def restored_on_failure(posterior: Any) -> Iterator[None]:
         for tensor in family.parameters():
             tensor.grad = None
         for name, value in saved_state.items():
-            setattr(posterior, name, value)
-        for obj, state in zip((posterior._optimizer, posterior._scheduler), saved_dicts):
-            if obj is not None and state is not None:
-                obj.load_state_dict(state)
+            setattr(state, name, value)
+        for obj, saved in zip((state.optimizer, state.scheduler), saved_dicts, strict=True):
+            if obj is not None and saved is not None:
+                obj.load_state_dict(saved)
         raise

@@ -1,13 +1,16 @@
 """``VIPosterior``: the sbi API over the engine's composed parts.
 
 The class wires a potential, a family, a divergence and the fit loop together; each of
-those is a separate object that can be used on its own (see :mod:`sbi_vi.vi`).
+those is a separate object that can be used on its own (see :mod:`sbi_vi.vi`). What has
+been fitted is held by one object per way of fitting (:mod:`sbi_vi.posteriors.fitted`): a
+:class:`~sbi_vi.posteriors.single.SingleFit` after ``train``, an
+:class:`~sbi_vi.posteriors.amortized.AmortizedFit` after ``train_amortized``; the public
+methods check what does not depend on the fit and delegate the rest to it.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -25,29 +28,23 @@ from sbi_vi._checks import (
     check_unknown_kwargs,
     seeded,
 )
-from sbi_vi.errors import NotTrainedError, QualityWarning
-from sbi_vi.posteriors.amortized import AmortizedVI
-from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape, log_prob_far_out
-from sbi_vi.posteriors.map import gradient_ascent
-from sbi_vi.posteriors.quality import evaluate_quality, is_reliable, summarise
-from sbi_vi.posteriors.rollback import restored_on_failure
+from sbi_vi.posteriors.amortized import AmortizedFit
+from sbi_vi.posteriors.amortized_training import AmortizedSettings, fit_conditional
+from sbi_vi.posteriors.fitted import FittedQ
+from sbi_vi.posteriors.fitted_posterior import FittedPosterior
+from sbi_vi.posteriors.quality import warn_if_unreliable
 from sbi_vi.posteriors.setup import (
     event_size_of,
     make_family,
     resolve_potential,
     resolve_prior,
     resolve_transform,
-    warm_up,
 )
-from sbi_vi.potentials.base import log_prior_or_zero
-from sbi_vi.vi.divergences import DIVERGENCES, Divergence, build_divergence
+from sbi_vi.posteriors.single import SingleFit
+from sbi_vi.vi.divergences import DIVERGENCES, build_divergence
 from sbi_vi.vi.families import FAMILY_NAMES, Family
-from sbi_vi.vi.fit import ConvergenceCheck, FitResult, make_optimizer
-from sbi_vi.vi.tempering import annealed_fit
 
 __all__ = ["VIPosterior"]
-
-logger = logging.getLogger(__name__)
 
 QType = Literal["maf", "nsf", "naf", "unaf", "nice", "sospf", "gf", "gaussian", "gaussian_diag"]
 _TRAIN_KWARGS = (
@@ -62,10 +59,12 @@ _TRAIN_KWARGS = (
     "weight_transform",
     "seed",
 )
+_AMORTIZED_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform", "seed")
 _DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
+_FIT_OPTIONS = ("eps", "retain_graph", "optimizer", "scheduler")
 
 
-class VIPosterior(AmortizedVI, PosteriorBase):
+class VIPosterior(FittedPosterior):
     r"""A variational posterior q(θ) ≈ p(θ | x_o), trained by minimising a divergence.
 
     ``train(x_o)`` fits q(θ) for one observation; ``train_amortized(theta, x)`` fits
@@ -134,27 +133,29 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         self._x: Tensor | None = None
         if self.potential_fn.x_o is not None:  # a potential built with x_o sets the default
             self._x = self._check_x(self.potential_fn.x_o)
-        self._trained_on: Tensor | None = None
-        self._amortized = None
         self.validation_losses: list[float] = []
         self._map_cache: dict[bytes, Tensor] = {}
-        self._optimizer: Any = None
-        self._scheduler: Any = None
-        self._optimizer_key: tuple | None = None
-        self.history: list[FitResult] = []
-        self.set_vi_method(vi_method)
+        self.history: list = []
+        self._set_method(vi_method)
+        self._single: SingleFit | None = None  # the q of one observation (set_q builds it)
+        self._fitted: FittedQ | None = None  # what sample/log_prob/... use: see fitted.py
         self.set_q(q, parameters=parameters, modules=modules)
 
     # ------------------------------------------------------------------ configuration
     @property
     def q(self) -> Distribution:
         """The variational distribution q(θ) (a fresh distribution over the support)."""
-        return self._family()
+        return self._single.family()
 
     @property
     def family(self) -> Family:
         """The trainable family module behind :attr:`q`."""
-        return self._family
+        return self._single.family
+
+    @property
+    def _optimizer(self) -> Any:
+        """The optimizer that ``train`` resumes (read by the benchmarks)."""
+        return self._single.optimizer
 
     def set_q(
         self,
@@ -162,18 +163,19 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         parameters: Iterable | None = None,
         modules: Iterable | None = None,
     ) -> None:
-        """Define the variational family (see the constructor's ``q``); resets training."""
-        self._q_arg = q
-        self._warm = isinstance(q, VIPosterior)  # a copied q needs no warm-up to the prior
-        if isinstance(q, VIPosterior):
-            self._family = copy.deepcopy(q._family).to(self._device)
+        """Define the variational family (see the constructor's ``q``); resets training.
+
+        An amortised q of ``train_amortized`` is kept: it serves until ``train`` replaces it.
+        """
+        if isinstance(q, VIPosterior):  # a copied q needs no warm-up to the prior
+            family = copy.deepcopy(q._single.family).to(self._device)
         else:
             if isinstance(q, str) and q not in FAMILY_NAMES:
                 raise ValueError(
                     f"`q` must be one of {', '.join(map(repr, FAMILY_NAMES))}, a Distribution, "
                     f"a VIPosterior or a callable; got {q!r}."
                 )
-            self._family = make_family(
+            family = make_family(
                 q,
                 prior=self.prior,
                 transform=self.theta_transform,
@@ -185,10 +187,12 @@ class VIPosterior(AmortizedVI, PosteriorBase):
                 modules=modules,
                 device=self._device,
             )
+        self._q_arg = q
         self._q_params = (parameters, modules)
-        self._trained_on = None
+        old, self._single = self._single, SingleFit(family, warm=isinstance(q, VIPosterior))
+        if self._fitted is None or self._fitted is old:
+            self._fitted = self._single
         self._map_cache.clear()
-        self._optimizer = None
 
     def set_vi_method(self, method: Literal["rKL", "fKL", "IW", "alpha"]) -> VIPosterior:
         """Set the divergence (``rKL``, ``fKL``, ``IW``, ``alpha``); chainable.
@@ -196,14 +200,17 @@ class VIPosterior(AmortizedVI, PosteriorBase):
         A flow family built later is arranged for the method's fast direction; the current
         family is kept (both directions support every method).
         """
+        self._set_method(method)
+        self._single.optimizer = None
+        return self
+
+    def _set_method(self, method: str) -> None:
         if method not in DIVERGENCES:
             raise ValueError(
                 f"`vi_method` must be one of {', '.join(map(repr, DIVERGENCES))}; got {method!r}."
             )
         self._vi_method = method
         self._direction = "density" if method == "fKL" else "sample"
-        self._optimizer = None
-        return self
 
     @property
     def vi_method(self) -> str:
@@ -213,16 +220,12 @@ class VIPosterior(AmortizedVI, PosteriorBase):
     def to(self, device: str | torch.device) -> VIPosterior:
         """Move q, the potential's observation and the cached results to ``device``."""
         self._device = str(device)
-        self._family.to(device)
-        if self._amortized is not None:
-            self._amortized.to(device)
+        self._single.to(device)
+        self._fitted.to(device)  # the same object after train(): moving twice is a no-op
         self.potential_fn.to(device)
         if self._x is not None:
             self._x = self._x.to(device)
-        if self._trained_on is not None:
-            self._trained_on = self._trained_on.to(device)
         self._map_cache = {k: v.to(device) for k, v in self._map_cache.items()}
-        self._optimizer = None
         return self
 
     # ------------------------------------------------------------------ training
@@ -308,280 +311,192 @@ class VIPosterior(AmortizedVI, PosteriorBase):
             )
             if retrain_from_scratch:
                 self.set_q(self._q_arg, *self._q_params)
-            first_fit = self._trained_on is None
-            fresh = first_fit and not self._warm  # q starts from the prior
-            self.potential_fn.set_x(x)
-            with restored_on_failure(self):  # an interrupted fit leaves q as it found it
-                if fresh and warm_up_rounds > 0:
-                    warm_up(
-                        self._family,
-                        self.prior,
-                        rounds=warm_up_rounds,
-                        n_particles=n_particles,
-                        learning_rate=learning_rate,
-                        clip_value=clip_value,
-                    )
-                self._warm = True
-                self._prepare_optimizer(learning_rate, gamma, kwargs, reset_optimizer)
-                stopping = (
-                    ConvergenceCheck(eps=kwargs.get("eps", 1e-3), min_num_iters=min_num_iters)
-                    if check_for_convergence
-                    else None
-                )
-                result = annealed_fit(
-                    lambda target: self._loss_closure(divergence, target, n_particles),
-                    self.potential_fn,
-                    lambda theta: log_prior_or_zero(self.prior, theta),
-                    annealing_steps if fresh else 0,
-                    self._optimizer,
-                    scheduler=self._scheduler,
-                    max_num_iters=max_num_iters,
-                    clip_value=clip_value,
-                    stopping=stopping,
-                    retain_graph=bool(kwargs.get("retain_graph", False)),
-                    show_progress_bar=show_progress_bar,
-                    description=f"VI ({self._vi_method})",
-                )
+            result = self._single.fit(
+                self.potential_fn,
+                self.prior,
+                divergence,
+                x,
+                n_particles=n_particles,
+                learning_rate=learning_rate,
+                gamma=gamma,
+                max_num_iters=max_num_iters,
+                min_num_iters=min_num_iters,
+                clip_value=clip_value,
+                warm_up_rounds=warm_up_rounds,
+                annealing_steps=annealing_steps,
+                reset_optimizer=reset_optimizer,
+                check_for_convergence=check_for_convergence,
+                show_progress_bar=show_progress_bar,
+                description=f"VI ({self._vi_method})",
+                options={k: v for k, v in kwargs.items() if k in _FIT_OPTIONS},
+            )
             self.history.append(result)
-            if self._amortized is not None:
-                warnings.warn(
-                    "train() replaces the amortised q(θ | x) of train_amortized(); from now "
-                    "on q serves this observation only.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                self._amortized = None
-            self._trained_on = x
-            self._map_cache.clear()
+            self._replace_fit(self._single, "train()", "q serves this observation only")
             if self._x is None:
                 self._x = x
             if quality_control:
-                self._quality_control(quality_control_metric)
+                result = self.evaluate(quality_control_metric, N=10_000)
+                warn_if_unreliable(result, quality_control_metric)
             return self
+
+    def _replace_fit(self, fitted: FittedQ, method: str, from_now_on: str) -> None:
+        """Serve ``fitted`` from now on, warning if it replaces a trained q of another kind."""
+        if self._fitted.trained and self._fitted.origin != fitted.origin:
+            warnings.warn(
+                f"{method} replaces {self._fitted.origin}; from now on {from_now_on}.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._fitted = fitted
+        self._map_cache.clear()
 
     def _annealing_steps(self, annealing_iters: int | None) -> int:
         if annealing_iters is None:  # the divergence's default: > 0 if mode-seeking
             return DIVERGENCES[self._vi_method].annealing_iters
         return check_positive_int("annealing_iters", annealing_iters, allow_zero=True)
 
-    def _loss_closure(
-        self, divergence: Divergence, log_p: Callable[[Tensor], Tensor], n_particles: int
-    ) -> Callable[[], tuple[Tensor, Tensor]]:
-        family = self._family
-
-        def closure() -> tuple[Tensor, Tensor]:
-            out = divergence(family, log_p, n_particles)
-            return out.loss, out.value
-
-        return closure
-
-    def _prepare_optimizer(
-        self, learning_rate: float, gamma: float, kwargs: dict, reset: bool
-    ) -> None:
-        scheduler = kwargs.get("scheduler")
-        scheduler_cls, scheduler_kwargs = (
-            scheduler if isinstance(scheduler, tuple) else (scheduler, None)
-        )
-        key = (learning_rate, gamma, kwargs.get("optimizer"), scheduler_cls)
-        if self._optimizer is None or reset or key != self._optimizer_key:
-            self._optimizer, self._scheduler = make_optimizer(
-                self._family.parameters(),
-                learning_rate=learning_rate,
-                optimizer=kwargs.get("optimizer"),
-                scheduler=scheduler_cls,
-                scheduler_kwargs=scheduler_kwargs,
-                gamma=gamma,
-            )
-            self._optimizer_key = key
-
-    def _quality_control(self, metric: str) -> None:
-        result = self.evaluate(metric, N=10_000)
-        if not is_reliable(result):
-            warnings.warn(
-                f"Quality control ({metric}): {summarise(result)} The variational posterior "
-                "may be inaccurate: train longer, use a more flexible q (e.g. 'nsf'), more "
-                "particles, or vi_method='fKL'/'IW' for a mass-covering fit.",
-                QualityWarning,
-                stacklevel=3,
-            )
-        else:
-            logger.info("Quality control (%s): %s", metric, summarise(result))
-
-    # ------------------------------------------------------------------ using q
-    def sample(
+    def train_amortized(
         self,
-        sample_shape: Size | tuple[int, ...] = (),
-        x: Tensor | None = None,
-        show_progress_bars: bool = True,
-    ) -> Tensor:
-        """Draw θ ~ q, shape ``[*sample_shape, D]`` (``[*sample_shape, B, D]`` for B > 1 x).
+        theta: Tensor,
+        x: Tensor,
+        n_particles: int = 128,
+        learning_rate: float = 1e-3,
+        gamma: float = 0.999,
+        max_num_iters: int = 500,
+        clip_value: float = 5.0,
+        batch_size: int = 64,
+        validation_fraction: float = 0.1,
+        validation_batch_size: int | None = None,
+        validation_n_particles: int | None = None,
+        stop_after_iters: int = 20,
+        show_progress_bar: bool = True,
+        retrain_from_scratch: bool = False,
+        flow_type: str | None = None,
+        num_transforms: int | None = None,
+        hidden_features: int | None = None,
+        z_score_theta: Literal["none", "independent", "structured"] | None = None,
+        z_score_x: Literal["none", "independent", "structured"] | None = None,
+        params: Any = None,
+        **kwargs: Any,
+    ) -> VIPosterior:
+        """Train q(θ | x) on the observations of a simulated set, for sampling at any x.
+
+        Each iteration draws ``batch_size`` observations of the training split and
+        ``n_particles`` θ ~ q(θ | x) for each, and minimises the posterior's divergence
+        (``vi_method``; rKL is the negative ELBO) averaged over the observations. After every
+        iteration the same divergence is evaluated on a fixed subset of
+        ``validation_batch_size`` held-out observations with the same base draws each time
+        (common random numbers, so the curve moves only with the weights); training stops
+        after ``stop_after_iters`` iterations without a lower validation loss and the best
+        weights are restored.
+
+        The potential is evaluated on θ ``[particles, B, D]`` paired with x ``[B, L]``
+        (``set_x(x, x_is_iid=False)``): a potential of :mod:`sbi_vi.potentials` does this; a
+        plain function ``(theta, x)`` must pair the last batch dim of θ with the rows of x.
 
         Args:
-            sample_shape: Leading shape of the samples.
-            x: For a q trained by ``train``: the trained observation (or ``None``). For an
-                amortised q: any observation ``[L]``/``[1, L]``, or a batch ``[B, L]``
-                (default: :attr:`default_x`).
-            show_progress_bars: Unused (sampling is one pass).
-
-        Raises:
-            NotTrainedError: If q has not been trained.
-            ValueError: If ``x`` is not the observation q was trained on.
-        """
-        del show_progress_bars
-        sample_shape = check_sample_shape(sample_shape)
-        if self._amortized is not None:
-            return self._sample_amortized(sample_shape, x)
-        self._check_trained_for(x)
-        with torch.no_grad():
-            return self.q.sample(sample_shape)
-
-    def log_prob(
-        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
-    ) -> Tensor:
-        """log q(θ) for θ of shape ``[D]`` or ``[N, D]`` (returns ``[]`` or ``[N]``).
-
-        For an amortised q, log q(θ | x) with x ``[L]``, ``[1, L]`` or ``[B, L]``: one x
-        serves every θ (``[N]``), one θ is scored under every x (``[B]``), and N = B pairs
-        rows (``[N]``). θ (and x) of another floating dtype are cast to q's dtype (float32
-        unless q was built otherwise); an empty batch ``[0, D]`` gives an empty ``[0]``.
-
-        Args:
-            theta: Parameters, ``[D]`` or ``[N, D]`` (any ``[*, D]`` with one x).
-            x: The observation (see above; default: :attr:`default_x`).
-            track_gradients: Keep the autograd graph of the result.
+            theta: Simulated parameters ``[N, D]`` (used to standardise θ).
+            x: Simulated observations ``[N, L]``.
+            n_particles: θ draws per observation and iteration (for IW: bounds of K each).
+            learning_rate: Adam's initial learning rate.
+            gamma: Exponential learning-rate decay per iteration.
+            max_num_iters: Maximum iterations.
+            clip_value: Gradient-norm clipping.
+            batch_size: Observations per iteration.
+            validation_fraction: Fraction of the pairs held out, in (0, 1).
+            validation_batch_size: Held-out observations scored after every iteration
+                (default ``batch_size``; at most all held-out ones).
+            validation_n_particles: Particles per held-out observation (default
+                ``n_particles``).
+            stop_after_iters: Iterations without a better validation loss before stopping.
+            show_progress_bar: Show a tqdm bar.
+            retrain_from_scratch: Rebuild q(θ | x) (else training continues an earlier one).
+            flow_type: Family of q(θ | x): a flow name (``nsf`` by default, ``maf``, ...)
+                or ``gaussian``/``gaussian_diag`` (a network of x gives mean and scale).
+            num_transforms: Flow transforms (default: the constructor's).
+            hidden_features: Hidden width (default: the constructor's).
+            z_score_theta: Standardisation of θ (default: the constructor's).
+            z_score_x: Standardisation of x (default: the constructor's).
+            params: An object with attributes ``q``, ``num_transforms``,
+                ``hidden_features``, ``z_score_theta``, ``z_score_x`` (e.g. sbi's
+                ``VIPosteriorParameters``), used where the explicit argument is ``None``.
+            **kwargs: ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``
+                (divergence settings) and ``seed`` (seeds the split and the training; the
+                caller's random state is restored afterwards).
 
         Returns:
-            log q(θ | x), shape as above, in q's dtype.
+            ``self``, for chaining.
 
         Raises:
-            NotTrainedError: If q is not trained (a ``ValueError``).
-            TypeError: θ or x not a real tensor or array.
-            ValueError: Wrong θ shape; θ with NaN or ±inf entries (the message says which);
-                θ outside the prior's support; θ overflowing q's dtype; x not the trained
-                x; or N ≠ B with neither equal to 1.
+            ValueError: Mismatched, empty or non-finite ``theta``/``x``, θ of the wrong
+                dimension, x of the wrong trailing shape, ``validation_fraction`` outside
+                (0, 1), ``gamma`` outside (0, 1], a split too small for the batch sizes, or
+                a potential that ignores x.
+
+        A call that raises or is interrupted leaves the posterior as it was (the new or
+        continued q is trained on a copy and kept only when the fit ends).
         """
-        if self._amortized is not None:
-            return self._log_prob_amortized(theta, x, track_gradients)
-        self._check_trained_for(x)
-        theta = self._check_theta(theta)
-        if theta.shape[:-1].numel() == 0:  # as sample((0,)): an empty answer, no network pass
-            return theta.new_zeros(theta.shape[:-1])
-        with torch.set_grad_enabled(track_gradients):
-            return log_prob_far_out(self.q, theta)
-
-    def map(
-        self,
-        x: Tensor | None = None,
-        num_iter: int = 1000,
-        num_to_optimize: int = 100,
-        learning_rate: float = 0.01,
-        init_method: Literal["proposal", "posterior", "prior"] | Tensor = "proposal",
-        num_init_samples: int = 10_000,
-        save_best_every: int = 10,
-        show_progress_bars: bool = False,
-        force_update: bool = False,
-    ) -> Tensor:
-        """The maximum a posteriori θ (gradient ascent on the potential), cached per x.
-
-        Starts from the ``num_to_optimize`` best of ``num_init_samples`` draws from q
-        (``proposal``/``posterior``) or the prior, or from a given tensor ``[N, D]``.
-
-        Returns:
-            The MAP, shape ``[D]``.
-        """
-        x = self._resolve_x(x)
-        key = x.detach().cpu().numpy().tobytes()
-        if key in self._map_cache and not force_update:
-            return self._map_cache[key]
-        if not isinstance(init_method, str):  # a tensor or array of initial points
-            inits = self._check_theta(init_method, "init_method")
-            inits = inits.reshape(-1, event_size_of(self.prior))
-            if inits.shape[0] == 0:
-                raise ValueError("`init_method` is an empty tensor: pass at least one θ.")
-        elif init_method in ("proposal", "posterior") and self._amortized is not None:
-            if x.shape[0] != 1:
-                raise ValueError(f"map() takes one observation; got {x.shape[0]} rows of x.")
-            n = check_positive_int("num_init_samples", num_init_samples)
-            inits = self._sample_amortized(Size((n,)), x)
-        elif init_method in ("proposal", "posterior"):
-            if self._trained_on is None or not torch.equal(self._trained_on, x):
-                raise NotTrainedError(
-                    f"init_method={init_method!r} needs q trained on this x; call train(x) "
-                    "first or use init_method='prior'."
-                )
-            inits = self.sample((check_positive_int("num_init_samples", num_init_samples),))
-        elif init_method == "prior":
-            n = check_positive_int("num_init_samples", num_init_samples)
-            inits = self.prior.sample((n,)).to(self._device)
-        else:
-            raise ValueError(
-                "`init_method` must be 'proposal', 'posterior', 'prior' or a tensor of initial "
-                f"points; got {init_method!r}."
-            )
-        self.potential_fn.set_x(x)
-        theta, _ = gradient_ascent(
-            lambda t: self.potential_fn(t, track_gradients=True),
-            inits,
-            self.theta_transform,
-            num_iter=num_iter,
-            num_to_optimize=num_to_optimize,
+        check_unknown_kwargs("VIPosterior.train_amortized()", kwargs, _AMORTIZED_KWARGS)
+        settings = AmortizedSettings.from_arguments(
+            {
+                "num_transforms": self._num_transforms,
+                "hidden_features": self._hidden_features,
+                "z_score_theta": self._z_score_theta,
+                "z_score_x": self._z_score_x,
+            },
+            params,
+            flow_type=flow_type,
+            num_transforms=num_transforms,
+            hidden_features=hidden_features,
+            z_score_theta=z_score_theta,
+            z_score_x=z_score_x,
+            n_particles=n_particles,
+            batch_size=batch_size,
+            max_num_iters=max_num_iters,
+            stop_after_iters=stop_after_iters,
             learning_rate=learning_rate,
-            save_best_every=save_best_every,
-            show_progress_bar=show_progress_bars,
+            gamma=gamma,
+            clip_value=clip_value,
+            validation_fraction=validation_fraction,
+            validation_batch_size=validation_batch_size,
+            validation_n_particles=validation_n_particles,
         )
-        self._map_cache[key] = theta
-        return theta
-
-    def evaluate(
-        self,
-        quality_control_metric: Literal["psis", "prop"] = "psis",
-        N: int = 50_000,
-        x: Tensor | None = None,
-        refine: bool = False,
-        refine_kwargs: dict | None = None,
-    ) -> Any:
-        """Diagnose q against the potential with ``N`` draws (per observation if amortised).
-
-        ``psis``: Pareto k-hat of the importance weights p̃/q (≤ 0.5 good, ≤ 0.7 usable,
-        > 0.7 unreliable). ``prop``: whether log q is proportional to log p̃.
-
-        Args:
-            quality_control_metric: ``psis`` or ``prop`` (amortised q: ``psis``).
-            N: Draws of q per observation.
-            x: Amortised q only: the observations ``[B, L]`` to diagnose (default: the
-                default x).
-            refine: Amortised q only: fine-tune a single-observation posterior (see
-                :meth:`refine`) for every observation that fails the check.
-            refine_kwargs: Passed to :meth:`refine` (e.g. ``max_num_iters``).
-
-        Returns:
-            A :class:`~sbi_vi.diagnostics.PSISResult` (``khat``, ``ess``, ``reliable``) or a
-            :class:`~sbi_vi.diagnostics.PropResult` (``value``, ``good``); for an amortised q
-            an :class:`~sbi_vi.posteriors.amortized.AmortizedQuality` with k-hat, ESS and
-            the verdict per observation (and the refined posteriors).
-        """
-        check_choice("quality_control_metric", quality_control_metric, ("psis", "prop"))
-        N = check_positive_int("N", N)
-        if self._amortized is not None:
-            return self._evaluate_amortized(quality_control_metric, N, x, refine, refine_kwargs)
-        if x is not None or refine:
+        if not getattr(self.potential_fn, "takes_x", True):
             raise ValueError(
-                "`x` and `refine` are for an amortised q (train_amortized); this q was "
-                "trained for one observation, which evaluate() uses."
+                "`potential_fn` is a function of θ alone, so it is the posterior of one fixed "
+                "observation; amortised VI needs a potential of (theta, x): a function "
+                "(theta, x) -> log p, or a potential object with `set_x` (ours or sbi's "
+                "`likelihood_estimator_based_potential(estimator, prior, x_o=None)`)."
             )
-        self._check_trained_for(None)
-        self.potential_fn.set_x(self._trained_on)
-        return evaluate_quality(self._family, self.potential_fn, quality_control_metric, N)
+        theta, x = self._check_training_pairs(theta, x)
+        settings.split_sizes(x.shape[0])
+        divergence = build_divergence(
+            self._vi_method, **{k: v for k, v in kwargs.items() if k in _DIVERGENCE_KWARGS}
+        )
+        with seeded(kwargs.get("seed")):
+            q, result, losses = fit_conditional(
+                settings,
+                None if retrain_from_scratch else self._fitted.continued(),
+                self.potential_fn,
+                divergence,
+                theta,
+                x,
+                prior=self.prior,
+                transform=self.theta_transform,
+                direction=self._direction,
+                device=self._device,
+                show_progress_bar=show_progress_bar,
+                description=f"Amortised VI ({self._vi_method})",
+            )
+        self._replace_fit(AmortizedFit(q), "train_amortized()", "q(θ | x) serves every x")
+        self._single.forget_observation()
+        self.history.append(result)
+        self.validation_losses = losses
+        return self
 
     def __repr__(self) -> str:
-        if self._amortized is not None:
-            trained = "amortised over x"
-        elif self._trained_on is not None:
-            trained = "trained on one observation x_o"
-        else:
-            trained = "untrained"
-        name = self._q_arg if isinstance(self._q_arg, str) else type(self._family).__name__
+        name = self._q_arg if isinstance(self._q_arg, str) else type(self.family).__name__
         return (
             f"VIPosterior(q={name!r}, vi_method={self._vi_method!r}, "
-            f"dim={event_size_of(self.prior)}, {trained})"
+            f"dim={event_size_of(self.prior)}, {self._fitted.status})"
         )

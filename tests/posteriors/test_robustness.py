@@ -73,7 +73,7 @@ def amortized_posterior(request):
 
 
 def x_for(posterior):
-    return None if posterior._amortized is None else X_O
+    return None if posterior._fitted is posterior._single else X_O
 
 
 # ------------------------------------------------------------------ θ and x at the boundary
@@ -239,7 +239,7 @@ def test_an_interrupted_first_train_restarts_as_a_fresh_fit(q, exc):
     initial = copy.deepcopy(posterior.family.state_dict())
     with pytest.raises(exc, match="potential failed"):
         posterior.train(**settings)
-    assert posterior._trained_on is None and not posterior._warm
+    assert posterior._single.trained_on is None and not posterior._single.warm
     for name, value in posterior.family.state_dict().items():
         torch.testing.assert_close(value, initial[name])
     with pytest.raises(NotTrainedError):
@@ -289,7 +289,7 @@ def test_an_interrupted_train_amortized_leaves_no_q_and_restarts_fresh():
     posterior = build(FlakyLikelihood(4))
     with pytest.raises(KeyboardInterrupt):
         posterior.train_amortized(theta, x, **kwargs)
-    assert posterior._amortized is None and posterior.history == []
+    assert posterior._fitted is posterior._single and posterior.history == []
     with pytest.raises(NotTrainedError):
         posterior.sample((1,), x=X_O)
     posterior.train_amortized(theta, x, **kwargs)
@@ -366,7 +366,7 @@ def test_hyper_parameters_are_refused_as_sbi_does(name, value):
     posterior = VIPosterior(potential_fn, PRIOR, q="gaussian").set_default_x(X_O)
     with pytest.raises(ValueError, match=f"`{name}`"):
         posterior.train(**{**FAST, name: value})
-    assert posterior._trained_on is None
+    assert posterior._single.trained_on is None
     if name in ("learning_rate", "gamma", "clip_value"):
         theta, x = torch.randn(50, 2), torch.randn(50, 2)
         amortized_posterior = VIPosterior(LikelihoodBasedPotential(likelihood, PRIOR), PRIOR)

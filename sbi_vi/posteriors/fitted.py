@@ -1,0 +1,123 @@
+"""The fitted state of a :class:`~sbi_vi.posteriors.VIPosterior`: one object per way of fitting.
+
+A posterior is trained in one of several ways, and what it can answer depends on which:
+
+- :class:`~sbi_vi.posteriors.single.SingleFit` — q(θ) for one observation x_o
+  (``train(x_o)``): the family, the x it was trained for, the warm-up flag and the optimizer
+  that a later ``train()`` resumes.
+- :class:`~sbi_vi.posteriors.amortized.AmortizedFit` — q(θ | x) trained on simulated pairs
+  (``train_amortized(theta, x)``): serves any x, one observation or a batch ``[B, L]``.
+
+Both implement :class:`FittedQ`, and ``VIPosterior`` holds one of them and delegates every
+use of q to it (``sample``, ``sample_batched``, ``log_prob``, ``evaluate``, the initial
+points of ``map``, ``refine``), instead of branching on a mode in every method. The public
+methods keep the checks that do not depend on the fit (``sample_shape``, ``N``, the metric's
+name, the MAP's cache) and pass the posterior itself as ``post``: its checks of θ and x, its
+default x, potential and prior (:class:`~sbi_vi.posteriors.base.PosteriorBase`). No fit
+imports the posterior class, so the package has no import cycle.
+
+How a third way plugs in — ``BatchedFit``, B independent q's for a batch of observations
+``X`` of shape ``[B, L]`` fitted in one vectorised run (``train(x=X)``):
+
+- a ``BatchedFit(family, X)`` holding a family with a batch of B parameter sets; its
+  ``sample((n,), x, post)`` returns ``[n, B, D]`` (x ``None`` or equal to ``X``, checked as
+  :class:`SingleFit` checks its x_o), ``log_prob`` scores θ ``[N, D]`` or ``[N, B, D]`` under
+  each q_b, ``log_weights`` gives ``[N, B]`` log p̃ / log q, and ``evaluate`` packs them per
+  observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` — the
+  return shapes of :class:`AmortizedFit`, so code written for one works with the other;
+  ``map_inits`` returns the draws of the q_b of the one observation asked for;
+- ``VIPosterior.train`` picks the fit by the shape of x (one observation: ``SingleFit``,
+  B > 1 rows that are not iid repeats: ``BatchedFit``) — a choice at the one place a fit is
+  made, not in the methods that use it, which stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Size, Tensor, nn
+
+from sbi_vi.posteriors.base import PosteriorBase
+
+__all__ = ["FittedQ"]
+
+
+@runtime_checkable
+class FittedQ(Protocol):
+    """What a posterior needs from its fitted state (see the module docstring).
+
+    Every method takes the posterior as ``post`` for its boundary checks (``_check_x``,
+    ``_check_theta``), its default x and its potential; ``sample_shape`` and ``N`` arrive
+    checked.
+    """
+
+    origin: str
+    """What was fitted, for the warning when another training replaces it."""
+
+    @property
+    def module(self) -> nn.Module:
+        """The trainable module (θ and x are cast to the dtype of its parameters)."""
+        ...
+
+    @property
+    def status(self) -> str:
+        """How q was trained, for ``repr`` (``"untrained"``, ``"amortised over x"``, ...)."""
+        ...
+
+    @property
+    def trained(self) -> bool:
+        """Whether q can be used (sampled, scored, evaluated)."""
+        ...
+
+    def sample(self, sample_shape: Size, x: Tensor | None, post: PosteriorBase) -> Tensor:
+        """θ ~ q, ``[*sample_shape, D]`` (``[*sample_shape, B, D]`` for B observations)."""
+        ...
+
+    def sample_batched(
+        self, sample_shape: Size, x: Tensor, max_batch_size: int, post: PosteriorBase
+    ) -> Tensor:
+        """θ ~ q(θ | x_b) for every row of x: ``[*sample_shape, B, D]``."""
+        ...
+
+    def log_prob(
+        self, theta: Tensor, x: Tensor | None, post: PosteriorBase, track_gradients: bool
+    ) -> Tensor:
+        """log q(θ | x) by the shape rules of ``VIPosterior.log_prob``."""
+        ...
+
+    def log_weights(
+        self, N: int, x: Tensor | None, post: PosteriorBase
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, log_p, log_q)`` of N draws of q per observation (``[N]`` or ``[N, B]``)."""
+        ...
+
+    def evaluate(
+        self,
+        metric: str,
+        N: int,
+        x: Tensor | None,
+        post: PosteriorBase,
+        refine: Callable[..., Any] | None,
+        refine_kwargs: dict | None,
+    ) -> Any:
+        """The quality diagnostic of q (``refine``: fine-tunes each failing observation)."""
+        ...
+
+    def map_inits(self, x: Tensor, num_init_samples: int, init_method: str) -> Tensor:
+        """``num_init_samples`` draws of q at the checked observation x, ``[n, D]``."""
+        ...
+
+    def at_observation(self, x: Tensor, post: PosteriorBase) -> tuple[nn.Module, Tensor]:
+        """A copy of q at one observation, as a family that ``train`` can fine-tune, and that
+        observation checked, ``[1, L]`` (for ``refine``)."""
+        ...
+
+    def continued(self) -> nn.Module | None:
+        """A copy of the conditional q that ``train_amortized`` continues (else ``None``)."""
+        ...
+
+    def to(self, device: str | torch.device) -> None:
+        """Move q (and what it holds) to ``device``."""
+        ...
