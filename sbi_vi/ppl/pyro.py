@@ -407,7 +407,8 @@ def sample_posterior(
         >>> x = torch.randn(10)
         >>> guide = AutoNormal(model)
         >>> out = sample_posterior(model, guide, x, num_samples=200, batch_size=4, seed=0)
-        >>> sorted(out["means"]), out["means"]["mu"].shape, out["log_weights"].shape
+        >>> means = out["means"]
+        >>> sorted(means), means["mu"].shape, out["log_weights"].shape
         (['mu'], (), (200,))
     """
     num_samples = check_positive_int("num_samples", num_samples)
