@@ -107,7 +107,7 @@ class Ours:
         self.svi.setup(*args)
 
     def steps(self, n: int) -> None:
-        self.svi.run(n, *self.args, show_progress_bar=False)
+        self.svi.run(n, *self.args, show_progress_bar=False, quality_control=False)
 
     def summary(self) -> dict[str, torch.Tensor]:
         p = self.svi.guide.named_site_params()

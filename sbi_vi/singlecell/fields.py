@@ -262,11 +262,39 @@ def get_counts(adata: Any, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+def _bad_masks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(non-finite, not a count)`` masks of ``values``."""
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+        return np.zeros(values.shape, dtype=bool), values < 0
+    infinite = ~np.isfinite(values)
+    return infinite, infinite | (values < 0) | (values != np.round(values))
+
+
+def _first_bad(chunks: Any, where: str, locate: Any) -> str | None:
+    """Scan ``(offset, values)`` chunks: raise at the first non-finite entry, else describe
+    the first non-count entry (``locate(offset, position_in_chunk) -> (row, col)``)."""
+    found = None
+    for offset, values in chunks:
+        infinite, bad = _bad_masks(values)
+        for mask, fatal in ((infinite, True), (bad, False)):
+            if not mask.any() or (not fatal and found is not None):
+                continue
+            first = np.unravel_index(int(np.flatnonzero(mask.reshape(-1))[0]), mask.shape)
+            row, col = locate(offset, first)
+            entry = f"entry [{row}, {col}] is {values[first]!r}"
+            if fatal:
+                raise ValueError(f"{where} must hold finite numbers; {entry}.")
+            found = entry
+    return found
+
+
 def find_non_count(matrix: Any, where: str) -> str | None:
     """The first entry of ``matrix`` that is not a count, described, or ``None``.
 
-    Dense arrays, scipy sparse matrices and backed (on-disk) matrices are read in chunks
-    of rows, so a matrix larger than memory is checked without loading it.
+    Dense arrays and scipy sparse matrices are read in chunks of rows. A backed (on-disk)
+    sparse matrix is read straight from its stored non-zero values in slices, so a matrix
+    larger than memory is checked without loading it and without growing the process's
+    memory with the cells (reading it row block by row block through anndata does).
 
     Raises:
         TypeError: If the dtype is not numeric.
@@ -275,34 +303,48 @@ def find_non_count(matrix: Any, where: str) -> str | None:
     dtype = getattr(matrix, "dtype", None)
     if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
         raise TypeError(f"{where} must hold numbers, got dtype {dtype}.")
-    found = None
-    for start in range(0, matrix.shape[0], _CHUNK_ROWS):
-        chunk = matrix[start : start + _CHUNK_ROWS]
-        if sp.issparse(chunk):
-            chunk = sp.csr_matrix(chunk)
-            values = chunk.data
-        else:
-            values = np.asarray(chunk)
-        if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
-            bad, infinite = values < 0, np.zeros(values.shape, dtype=bool)
-        else:
-            infinite = ~np.isfinite(values)
-            bad = infinite | (values < 0) | (values != np.round(values))
-        for mask, fatal in ((infinite, True), (bad, False)):
-            if not mask.any() or (not fatal and found is not None):
-                continue
+    group = getattr(matrix, "group", None)
+    if group is not None and all(k in group for k in ("data", "indices", "indptr")):
+        return _backed_non_count(group, getattr(matrix, "format", "csr"), where)
+
+    def chunks() -> Any:
+        for start in range(0, matrix.shape[0], _CHUNK_ROWS):
+            chunk = matrix[start : start + _CHUNK_ROWS]
             if sp.issparse(chunk):
-                first = int(np.flatnonzero(mask)[0])  # position in the CSR data array
-                row = int(np.searchsorted(chunk.indptr, first, side="right") - 1)
-                col, value = int(chunk.indices[first]), values[first]
+                chunk = sp.csr_matrix(chunk)
+                located[start] = chunk
+                yield start, chunk.data
             else:
-                row, col = (int(i) for i in np.argwhere(mask)[0])
-                value = values[row, col]
-            entry = f"entry [{start + row}, {col}] is {value!r}"
-            if fatal:
-                raise ValueError(f"{where} must hold finite numbers; {entry}.")
-            found = entry
-    return found
+                yield start, np.asarray(chunk)
+
+    located: dict[int, Any] = {}
+
+    def locate(start: int, first: tuple[int, ...]) -> tuple[int, int]:
+        chunk = located.get(start)
+        if chunk is None:
+            return start + int(first[0]), int(first[1])
+        pos = int(first[0])  # position in the CSR data array
+        row = int(np.searchsorted(chunk.indptr, pos, side="right") - 1)
+        return start + row, int(chunk.indices[pos])
+
+    return _first_bad(chunks(), where, locate)
+
+
+def _backed_non_count(group: Any, fmt: str, where: str) -> str | None:
+    data, indptr = group["data"], np.asarray(group["indptr"][...])
+    step = 2**22
+
+    def chunks() -> Any:
+        for start in range(0, data.shape[0], step):
+            yield start, np.asarray(data[start : start + step])
+
+    def locate(start: int, first: tuple[int, ...]) -> tuple[int, int]:
+        pos = start + int(first[0])
+        major = int(np.searchsorted(indptr, pos, side="right") - 1)
+        minor = int(group["indices"][pos])
+        return (major, minor) if fmt == "csr" else (minor, major)
+
+    return _first_bad(chunks(), where, locate)
 
 
 def check_counts(matrix: Any, where: str) -> None:

@@ -132,3 +132,21 @@ def test_resolve_indices():
         resolve_indices([3], 3)
     with pytest.raises(ValueError, match="no cells"):
         resolve_indices([], 3)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("value", [0.5, np.nan])
+def test_backed_matrix_is_checked_from_its_stored_values(tiny_adata, tmp_path, fmt, value):
+    x = np.asarray(tiny_adata.X.toarray(), dtype=np.float32)
+    x[7, 5] = value
+    tiny_adata.X = sp.csr_matrix(x) if fmt == "csr" else sp.csc_matrix(x)
+    path = tmp_path / "cells.h5ad"
+    tiny_adata.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    assert hasattr(backed.X, "group")  # the on-disk path, not a loaded matrix
+    if np.isnan(value):
+        with pytest.raises(ValueError, match=r"finite.*\[7, 5\]"):
+            setup_anndata(backed)
+    else:
+        with pytest.warns(UserWarning, match=r"\[7, 5\] is .*0\.5"):
+            assert setup_anndata(backed).is_count_data is False

@@ -246,6 +246,8 @@ class AutoGuide(nn.Module):
 
     def _constrain_globals(self, u: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Site values ``[n, *batch, *event]`` from ``u`` ``[n, D]``, and Σ log|det J| ``[n]``."""
+        if not self._globals:  # a model whose latents are all local
+            return {}, None
         n = u.shape[0]
         parts = u.split(self._global_sizes, -1) if len(self._globals) > 1 else (u,)
         values: dict[str, Tensor] = {}
