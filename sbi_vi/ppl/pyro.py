@@ -23,7 +23,8 @@ data and latents, Pyro's own subsampling idiom::
         pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
 
 ``sample_posterior`` hands that plate the indices of each chunk; the arguments are passed
-whole. Pyro autoguides (``AutoNormal`` ...) receive the plate through their
+whole. A model that fixes ``subsample_size=B`` is walked in chunks of B, the last one padded
+with repeated indices whose draws and densities are dropped. Pyro autoguides (``AutoNormal`` ...) receive the plate through their
 ``create_plates`` hook for the duration of the call.
 """
 
@@ -80,6 +81,7 @@ class _Layout:
     plate: str | None
     plate_size: int | None
     plate_dim: int | None
+    fixed_size: int | None  # the model's `subsample_size` for the plate, if it fixes one
 
 
 class _PlateIndices(Messenger):
@@ -179,9 +181,10 @@ def _layout(model: Callable, guide: Callable, args: tuple, kwargs: dict, obs_pla
             shape[axis] = subsample["fn"].size
         sites[name] = _Site(_kind(site), tuple(shape), axis)
     size = None if subsample is None else subsample["fn"].size
+    fixed_size = None if subsample is None else subsample["fn"].subsample_size
     if plate is not None and plate_dim is None:
         raise ValueError(f"plate {plate!r} holds no vectorised site; name another `obs_plate`.")
-    return _Layout(sites, max(dims), plate, size, plate_dim)
+    return _Layout(sites, max(dims), plate, size, plate_dim, fixed_size)
 
 
 def _select(layout: _Layout, return_sites: Sequence[str] | None, return_observed: bool):
@@ -204,14 +207,18 @@ def _select(layout: _Layout, return_sites: Sequence[str] | None, return_observed
     return list(dict.fromkeys(return_sites))
 
 
-def _log_density(trace: Any, keep: Callable[[Any], bool], n_particles: int, k: int, rescale):
-    """``Σ log_prob`` over the kept sites of a particle-vectorised trace, shape ``[S]``."""
+def _log_density(trace: Any, keep: Callable[[Any], bool], n_particles: int, k: int, local):
+    """``Σ log_prob`` over the kept sites of a particle-vectorised trace, shape ``[S]``.
+
+    ``local(site, lp)`` undoes the plate's subsample scale of a per-observation site and
+    drops the padding of its chunk (the weights are those of the full data).
+    """
     total = torch.zeros(n_particles, dtype=torch.float64)
     for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or not keep(site):
             continue
         lp = site["fn"].log_prob(site["value"])
-        lp = scale_and_mask(lp, site["scale"] / rescale(site), site["mask"])
+        lp = local(site, scale_and_mask(lp, site["scale"], site["mask"]))
         if not isinstance(lp, Tensor) or lp.dim() < k + 1:
             lp = torch.as_tensor(lp).reshape((1,) * (k + 1))
         lp = lp.movedim(lp.dim() - k - 1, 0)
@@ -223,18 +230,29 @@ def _in_plate(site: Any, plate: str | None) -> bool:
     return plate is not None and any(f.name == plate for f in site["cond_indep_stack"])
 
 
-def _draws(site: Any, spec: _Site, n_particles: int, n: int | None) -> Tensor:
-    """A site's values ``[S, *shape]`` from a particle-vectorised run on a chunk of n."""
+def _draws(site: Any, spec: _Site, n_particles: int, n: int | None, n_real: int | None) -> Tensor:
+    """A site's values ``[S, *shape]`` from a particle-vectorised run on a chunk of n.
+
+    The chunk's first ``n_real`` indices are kept (the rest pads it to a fixed size).
+    """
     value = site["fn"].sample() if spec.kind == "observed" else site["value"]
     shape = list(spec.shape)
     if spec.plate_axis is not None:
         shape[spec.plate_axis] = n
     size = math.prod(shape)
     if value.numel() == n_particles * size:
-        return value.reshape(n_particles, *shape)
-    if value.numel() == size:  # constant across particles (e.g. a fixed deterministic)
-        return value.reshape(shape).expand(n_particles, *shape)
-    raise ValueError(
+        value = value.reshape(n_particles, *shape)
+    elif value.numel() == size:  # constant across particles (e.g. a fixed deterministic)
+        value = value.reshape(shape).expand(n_particles, *shape)
+    else:
+        raise _shape_error(site, value, n_particles, shape)
+    if spec.plate_axis is not None and n_real != n:
+        value = value.narrow(1 + spec.plate_axis, 0, n_real)
+    return value
+
+
+def _shape_error(site: Any, value: Tensor, n_particles: int, shape: list[int]) -> ValueError:
+    return ValueError(
         f"site {site['name']!r} has shape {tuple(value.shape)} under the particle plate, which "
         f"does not hold {n_particles} draws of shape {tuple(shape)}; write the model so that it "
         "broadcasts over extra batch dims on the left (negative plate dims, `...` indexing)."
@@ -268,10 +286,11 @@ def _globals_of(guide_trace: Any, plate: str | None) -> Any:
     return fixed
 
 
-def _chunk(model, guide, args, kwargs, layout, sites, n_particles, idx, fixed):
+def _chunk(model, guide, args, kwargs, layout, sites, n_particles, idx, n_real, fixed):
     """log p - log q ``[S]`` and the draws of ``sites`` on one chunk of the plate.
 
     Global sites count only in the first chunk (``fixed is None``); later chunks replay them.
+    Only the first ``n_real`` indices of the chunk count (the rest pads it to a fixed size).
     """
     plate, k = layout.plate, layout.max_plate_nesting
     n = None if idx is None else len(idx)
@@ -282,32 +301,61 @@ def _chunk(model, guide, args, kwargs, layout, sites, n_particles, idx, fixed):
     def counted(site):
         return fixed is None or _in_plate(site, plate)
 
-    def rescale(site):  # undo the plate's subsample scale: the weights are of the full data
-        return layout.plate_size / n if _in_plate(site, plate) else 1.0
+    def local(site, lp):
+        frames = [f for f in site["cond_indep_stack"] if f.name == plate and f.vectorized]
+        if not frames:
+            return lp
+        lp = lp * (n / layout.plate_size)  # undo the plate's subsample scale
+        dim = lp.dim() + frames[0].dim
+        return lp.narrow(dim, 0, n_real) if n_real != n and lp.shape[dim] == n else lp
 
-    log_p = _log_density(model_trace, counted, n_particles, k, rescale)
+    log_p = _log_density(model_trace, counted, n_particles, k, local)
     log_q = _log_density(
-        guide_trace, lambda s: not s["is_observed"] and counted(s), n_particles, k, rescale
+        guide_trace, lambda s: not s["is_observed"] and counted(s), n_particles, k, local
     )
     draws = {
-        name: _draws(model_trace.nodes[name], layout.sites[name], n_particles, n)
+        name: _draws(model_trace.nodes[name], layout.sites[name], n_particles, n, n_real)
         for name in sites
         if fixed is None or layout.sites[name].plate_axis is not None
     }
     return log_p - log_q, draws, guide_trace
 
 
+def _chunks(layout: _Layout, batch_size: int | None) -> list[tuple[Tensor | None, int | None]]:
+    """The chunks of the observation plate: ``(indices, number of real ones)``.
+
+    A model that fixes ``subsample_size`` is walked in chunks of that size, the last one
+    padded with repeated indices whose values and densities are dropped.
+    """
+    if layout.plate is None:
+        return [(None, None)]
+    size, n_obs = layout.fixed_size, layout.plate_size
+    if size is not None and batch_size not in (None, size):
+        raise ValueError(
+            f"`batch_size` is {batch_size}, but the model fixes subsample_size={size} for plate "
+            f"{layout.plate!r}; pass batch_size=None (or {size}), or declare the plate with "
+            "`subsample=` indices instead of a fixed size."
+        )
+    size = size or batch_size or n_obs
+    out = []
+    for idx in torch.arange(n_obs).split(size):
+        n_real = len(idx)
+        if n_real < size:
+            idx = idx.repeat(-(-size // n_real))[:size]
+        out.append((idx, n_real))
+    return out
+
+
 def _posterior(model, guide, args, kwargs, layout, sites, n_particles, batch_size):
     """Draws of ``sites`` and ``log_w`` ``[S]`` over the whole observation plate."""
     plate, n_obs = layout.plate, layout.plate_size
-    chunks = torch.arange(n_obs).split(batch_size or n_obs) if plate else [None]
     log_w = torch.zeros(n_particles, dtype=torch.float64)
     pieces: dict[str, list[Tensor]] = {s: [] for s in sites}
     fixed = None
-    for idx in chunks:
+    for idx, n_real in _chunks(layout, batch_size):
         try:
             piece, draws, guide_trace = _chunk(
-                model, guide, args, kwargs, layout, sites, n_particles, idx, fixed
+                model, guide, args, kwargs, layout, sites, n_particles, idx, n_real, fixed
             )
         except (ValueError, RuntimeError, IndexError) as err:
             if plate is None or fixed is not None:
@@ -316,7 +364,7 @@ def _posterior(model, guide, args, kwargs, layout, sites, n_particles, batch_siz
                 f"the model and guide failed on a chunk of {len(idx)} of the {n_obs} indices "
                 f"of plate {plate!r}: {err} Both must pick their per-observation data and "
                 "latents by the indices the plate yields (`with pyro.plate(...) as idx: "
-                "x[idx]`) and must not fix `subsample_size` to another size."
+                "x[idx]`)."
             ) from err
         log_w += piece
         for name, value in draws.items():
@@ -368,7 +416,8 @@ def sample_posterior(
         num_samples: Number of joint posterior draws S (at least 2: PSIS needs two).
         return_sites: Sites to summarise; default: every latent and deterministic site of
             the model (and the observed ones with ``return_observed``).
-        batch_size: Indices of the observation plate per chunk (``None``: all at once).
+        batch_size: Indices of the observation plate per chunk (``None``: all at once, or
+            the model's ``subsample_size`` where it fixes one; then only that size is valid).
         return_observed: Also draw the observed sites, each from its distribution given the
             posterior draw of the latents (the posterior predictive).
         return_samples: Add ``"posterior_samples"``: ``{site: (S, *shape)}`` arrays.
@@ -391,7 +440,8 @@ def sample_posterior(
     Raises:
         ValueError: If ``num_samples`` < 2 or ``batch_size`` is not positive; if
             ``return_sites`` names an unknown site, or an observed one without
-            ``return_observed``; if ``obs_plate`` is not a plate of the model, the model
+            ``return_observed``; if ``batch_size`` differs from a ``subsample_size`` that the
+            model fixes; if ``obs_plate`` is not a plate of the model, the model
             subsamples several plates and none is named, ``batch_size`` is given for a
             model without an observation plate, or the model does not follow the plate's
             indices; if a site's shape does not broadcast with the particle plate.

@@ -46,13 +46,13 @@ def exact_posterior(x):
     return float(mean), float(prec**-0.5), float(log_px.log_prob(x))
 
 
-def make_guide(x, *, widen=1.0, shift=0.0):
+def make_guide(x, *, widen=1.0, shift=0.0, subsample_size=None):
     """The exact posterior q(mu) q(z | mu) (widen=1, shift=0), or a perturbed one."""
     mean, sd, _ = exact_posterior(x)
 
     def guide(x):
         mu = pyro.sample("mu", dist.Normal(x.new_tensor(mean + shift), sd * widen))
-        with pyro.plate("obs", len(x)) as idx:
+        with pyro.plate("obs", len(x), subsample_size=subsample_size) as idx:
             pyro.sample("z", dist.Normal((mu + x[idx]) / 2.0, 0.5**0.5))
 
     return guide
@@ -299,3 +299,33 @@ def test_a_model_that_ignores_the_plate_indices_is_refused(x):
     guide = AutoNormal(model_full_data)
     with pytest.raises(ValueError, match="indices the plate yields"):
         sample_posterior(model_full_data, guide, x, num_samples=5, batch_size=8, obs_plate="obs")
+
+
+def subsampled_model(x):
+    """``model`` written with Pyro's tutorial idiom: a fixed ``subsample_size``."""
+    mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), TAU))
+    with pyro.plate("obs", len(x), subsample_size=7) as idx:
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+
+def test_a_fixed_subsample_size_is_walked_in_padded_chunks(x):
+    # 40 = 5 * 7 + 5: the last chunk is padded to 7 and the padding dropped. The exact
+    # guide keeps every log weight at log p(x): padding counted once would break that.
+    _, _, log_px = exact_posterior(x)
+    out = sample_posterior(
+        subsampled_model,
+        make_guide(x, subsample_size=7),
+        x,
+        num_samples=50,
+        return_samples=True,
+        seed=0,
+    )
+    assert out["posterior_samples"]["z"].shape == (50, N)
+    np.testing.assert_allclose(out["log_weights"], log_px, rtol=0, atol=1e-8)
+    # AutoNormal fitted on the subsampled model: locals for every observation.
+    guide = AutoNormal(subsampled_model)
+    out = sample_posterior(subsampled_model, guide, x, num_samples=20, batch_size=7, seed=0)
+    assert out["means"]["z"].shape == (N,) and np.isfinite(out["log_evidence"].value)
+    with pytest.raises(ValueError, match="subsample_size=7"):
+        sample_posterior(subsampled_model, guide, x, num_samples=20, batch_size=8)
