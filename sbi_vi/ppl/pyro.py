@@ -24,8 +24,9 @@ data and latents, Pyro's own subsampling idiom::
 
 ``sample_posterior`` hands that plate the indices of each chunk; the arguments are passed
 whole. A model that fixes ``subsample_size=B`` is walked in chunks of B, the last one padded
-with repeated indices whose draws and densities are dropped. Pyro autoguides (``AutoNormal`` ...) receive the plate through their
-``create_plates`` hook for the duration of the call.
+with repeated indices whose draws and densities are dropped. Pyro autoguides
+(``AutoNormal`` ...) receive the plate through their ``create_plates`` hook for the
+duration of the call.
 """
 
 from __future__ import annotations
