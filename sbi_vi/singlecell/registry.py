@@ -78,6 +78,19 @@ def setup_args(setup: AnnDataSetup) -> dict[str, Any]:
     }
 
 
+def _categorical_field(name: str, key: str | None, categories: tuple[str, ...]) -> dict:
+    """scvi-tools' registry entry of a categorical ``obs`` field (``batch``, ``labels``)."""
+    stored = f"_scvi_{name}"
+    return {
+        "data_registry": {"attr_name": "obs", "attr_key": stored},
+        "state_registry": {
+            "categorical_mapping": np.asarray(categories, dtype=object),
+            "original_key": key or stored,
+        },
+        "summary_stats": {f"n_{name}": len(categories)},
+    }
+
+
 class AnnDataManager:
     """One AnnData under a model's set-up, as scvi-tools' ``AnnDataManager`` shows it.
 
@@ -125,22 +138,10 @@ class AnnDataManager:
                 },
                 "summary_stats": {"n_cells": int(self._adata.n_obs), "n_vars": s.n_vars},
             },
-            REGISTRY_KEYS.BATCH_KEY: {
-                "data_registry": {"attr_name": "obs", "attr_key": "_scvi_batch"},
-                "state_registry": {
-                    "categorical_mapping": np.asarray(s.batch_categories, dtype=object),
-                    "original_key": s.batch_key or "_scvi_batch",
-                },
-                "summary_stats": {"n_batch": s.n_batch},
-            },
-            REGISTRY_KEYS.LABELS_KEY: {
-                "data_registry": {"attr_name": "obs", "attr_key": "_scvi_labels"},
-                "state_registry": {
-                    "categorical_mapping": np.asarray(s.labels_categories, dtype=object),
-                    "original_key": s.labels_key or "_scvi_labels",
-                },
-                "summary_stats": {"n_labels": s.n_labels},
-            },
+            REGISTRY_KEYS.BATCH_KEY: _categorical_field("batch", s.batch_key, s.batch_categories),
+            REGISTRY_KEYS.LABELS_KEY: _categorical_field(
+                "labels", s.labels_key, s.labels_categories
+            ),
         }
         if s.size_factor_key is not None:
             out[REGISTRY_KEYS.SIZE_FACTOR_KEY] = {
