@@ -45,7 +45,7 @@ try:
     import pyro
     from pyro import poutine
     from pyro.distributions.util import scale_and_mask
-    from pyro.infer.autoguide import AutoGuide
+    from pyro.infer.autoguide import AutoContinuous, AutoGuide
     from pyro.poutine.messenger import Messenger
     from pyro.poutine.util import site_is_subsample
 except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -83,6 +83,7 @@ class _Layout:
     plate_size: int | None
     plate_dim: int | None
     fixed_size: int | None  # the model's `subsample_size` for the plate, if it fixes one
+    point_mass: bool  # every latent site of the guide is a Delta: no density, no weights
 
 
 class _PlateIndices(Messenger):
@@ -185,7 +186,18 @@ def _layout(model: Callable, guide: Callable, args: tuple, kwargs: dict, obs_pla
     fixed_size = None if subsample is None else subsample["fn"].subsample_size
     if plate is not None and plate_dim is None:
         raise ValueError(f"plate {plate!r} holds no vectorised site; name another `obs_plate`.")
-    return _Layout(sites, max(dims), plate, size, plate_dim, fixed_size)
+    point_mass = all(
+        _is_delta(s["fn"])
+        for s in guide_trace.nodes.values()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    )
+    return _Layout(sites, max(dims), plate, size, plate_dim, fixed_size, point_mass)
+
+
+def _is_delta(fn: Any) -> bool:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, pyro.distributions.Delta)
 
 
 def _select(layout: _Layout, return_sites: Sequence[str] | None, return_observed: bool):
@@ -322,7 +334,9 @@ def _chunk(model, guide, args, kwargs, layout, sites, n_particles, idx, n_real, 
     return log_p - log_q, draws, guide_trace
 
 
-def _chunks(layout: _Layout, batch_size: int | None) -> list[tuple[Tensor | None, int | None]]:
+def _chunks(
+    layout: _Layout, batch_size: int | None, guide: Any
+) -> list[tuple[Tensor | None, int | None]]:
     """The chunks of the observation plate: ``(indices, number of real ones)``.
 
     A model that fixes ``subsample_size`` is walked in chunks of that size, the last one
@@ -338,6 +352,11 @@ def _chunks(layout: _Layout, batch_size: int | None) -> list[tuple[Tensor | None
             "`subsample=` indices instead of a fixed size."
         )
     size = size or batch_size or n_obs
+    if size < n_obs and isinstance(guide, AutoContinuous):
+        raise ValueError(
+            f"{type(guide).__name__} draws every latent jointly, so it cannot be walked in "
+            f"chunks of plate {layout.plate!r}; pass batch_size=None, or use AutoNormal."
+        )
     out = []
     for idx in torch.arange(n_obs).split(size):
         n_real = len(idx)
@@ -353,7 +372,7 @@ def _posterior(model, guide, args, kwargs, layout, sites, n_particles, batch_siz
     log_w = torch.zeros(n_particles, dtype=torch.float64)
     pieces: dict[str, list[Tensor]] = {s: [] for s in sites}
     fixed = None
-    for idx, n_real in _chunks(layout, batch_size):
+    for idx, n_real in _chunks(layout, batch_size, guide):
         try:
             piece, draws, guide_trace = _chunk(
                 model, guide, args, kwargs, layout, sites, n_particles, idx, n_real, fixed
@@ -436,13 +455,15 @@ def sample_posterior(
         ``"log_weights"`` (``[S]`` array of ``log p(x, θ_s) - log q(θ_s)`` over the full
         data), ``"khat"`` (PSIS k̂ of those weights; > 0.7: do not trust the guide) and
         ``"log_evidence"`` (a :class:`~sbi_vi.ppl.infer.evidence.LogEvidence`: the estimate
-        of log p(x) with its standard error).
+        of log p(x) with its standard error); both ``None`` for a point-mass guide
+        (``AutoDelta``), which has no density.
 
     Raises:
         ValueError: If ``num_samples`` < 2 or ``batch_size`` is not positive; if
             ``return_sites`` names an unknown site, or an observed one without
             ``return_observed``; if ``batch_size`` differs from a ``subsample_size`` that the
-            model fixes; if ``obs_plate`` is not a plate of the model, the model
+            model fixes, or chunks an ``AutoContinuous`` guide (it draws every latent
+            jointly); if ``obs_plate`` is not a plate of the model, the model
             subsamples several plates and none is named, ``batch_size`` is given for a
             model without an observation plate, or the model does not follow the plate's
             indices; if a site's shape does not broadcast with the particle plate.
@@ -494,5 +515,8 @@ def sample_posterior(
     if return_samples:
         results["posterior_samples"] = samples
     results["log_weights"] = log_w.double().cpu().numpy()
-    results["khat"], results["log_evidence"] = _evidence(log_w)
+    if layout.point_mass:  # AutoDelta: log q is not a density, the weights mean nothing
+        results["khat"], results["log_evidence"] = None, None
+    else:
+        results["khat"], results["log_evidence"] = _evidence(log_w)
     return results

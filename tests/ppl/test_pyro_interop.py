@@ -329,3 +329,17 @@ def test_a_fixed_subsample_size_is_walked_in_padded_chunks(x):
     assert out["means"]["z"].shape == (N,) and np.isfinite(out["log_evidence"].value)
     with pytest.raises(ValueError, match="subsample_size=7"):
         sample_posterior(subsampled_model, guide, x, num_samples=20, batch_size=8)
+
+
+def test_joint_and_point_mass_autoguides(x):
+    from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal
+
+    guide = AutoDiagonalNormal(model)
+    out = sample_posterior(model, guide, x, num_samples=30, seed=0)
+    assert out["means"]["z"].shape == (N,) and np.isfinite(out["khat"])
+    with pytest.raises(ValueError, match="draws every latent jointly"):
+        sample_posterior(model, guide, x, num_samples=30, batch_size=8)
+    # A point mass has no density: no weights to diagnose, but the summaries stand.
+    out = sample_posterior(model, AutoDelta(model), x, num_samples=5, batch_size=8, seed=0)
+    assert out["khat"] is None and out["log_evidence"] is None
+    assert out["stds"]["z"].shape == (N,) and np.all(out["stds"]["z"] < 1e-6)
