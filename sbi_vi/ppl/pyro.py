@@ -447,7 +447,8 @@ def sample_posterior(
             subsamples (declared with ``subsample_size`` or fewer ``subsample`` indices than
             its size), else none.
         seed: Seed of the draws (the caller's RNG state is restored afterwards).
-        **kwargs: The model's keyword arguments.
+        **kwargs: The model's keyword arguments (the names of this function's own keywords
+            go to it, not to the model: pass such model arguments positionally).
 
     Returns:
         ``{summary name: {site: np.ndarray of the site's shape}}``, plus
