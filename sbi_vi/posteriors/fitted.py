@@ -26,9 +26,14 @@ How a third way plugs in — ``BatchedFit``, B independent q's for a batch of ob
   observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` — the
   return shapes of :class:`AmortizedFit`, so code written for one works with the other;
   ``map_inits`` returns the draws of the q_b of the one observation asked for;
-- ``VIPosterior.train`` picks the fit by the shape of x (one observation: ``SingleFit``,
-  B > 1 rows that are not iid repeats: ``BatchedFit``) — a choice at the one place a fit is
-  made, not in the methods that use it, which stay as they are.
+- ``VIPosterior.train`` builds a ``BatchedFit`` instead of training its ``SingleFit`` when x
+  is a batch of B observations, and serves it through ``_replace_fit`` as it serves the
+  others — a choice at the one place a fit is made, not in the methods that use it, which
+  stay as they are. (Today ``[N, L]`` means N iid rows of one observation, so how a user
+  says "B observations" is the engine issue's decision: ``x_shape`` with a batch dim, or
+  an argument of ``train``.) Its training can reuse :meth:`SingleFit.fit`'s structure:
+  :func:`~sbi_vi.posteriors.rollback.restored_on_failure` works on any state with
+  ``family``, ``warm``, ``optimizer``, ``scheduler`` and ``optimizer_key``.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from sbi_vi.posteriors.setup import (
 from sbi_vi.posteriors.single import SingleFit
 from sbi_vi.vi.divergences import DIVERGENCES, build_divergence
 from sbi_vi.vi.families import FAMILY_NAMES, Family
+from sbi_vi.vi.fit import FitResult
 
 __all__ = ["VIPosterior"]
 
@@ -135,7 +136,7 @@ class VIPosterior(FittedPosterior):
             self._x = self._check_x(self.potential_fn.x_o)
         self.validation_losses: list[float] = []
         self._map_cache: dict[bytes, Tensor] = {}
-        self.history: list = []
+        self.history: list[FitResult] = []
         self._set_method(vi_method)
         self._single: SingleFit | None = None  # the q of one observation (set_q builds it)
         self._fitted: FittedQ | None = None  # what sample/log_prob/... use: see fitted.py

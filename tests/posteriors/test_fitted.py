@@ -204,3 +204,17 @@ def test_the_package_has_no_import_cycle():
         assert "sbi_vi.posteriors" not in imported, path.name
     code = "import sbi_vi.posteriors.amortized, sbi_vi.posteriors.single"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_set_q_keeps_an_amortised_q_serving_until_train_replaces_it():
+    posterior = trained_amortized()
+    torch.manual_seed(5)
+    expected = posterior.sample((4,), x=X)
+    posterior.set_q("gaussian_diag")
+    torch.manual_seed(5)
+    torch.testing.assert_close(posterior.sample((4,), x=X), expected)
+    assert not posterior._single.trained and "amortised" in repr(posterior)
+    with pytest.warns(UserWarning, match="replaces the amortised"):
+        posterior.train(X[1], max_num_iters=5, warm_up_rounds=2, show_progress_bar=False,
+                        quality_control=False)  # fmt: skip
+    assert posterior._fitted is posterior._single and posterior.sample((3,)).shape == (3, 2)
