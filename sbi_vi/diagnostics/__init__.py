@@ -2,6 +2,8 @@
 
 - :func:`psis` — Pareto-smoothed importance sampling: k-hat, ESS, log-evidence estimate.
 - :func:`log_mean_weight` — the importance-sampling log-evidence estimate alone.
+- :func:`log_evidence_from_log_weights` — that estimate with its standard error and k-hat
+  (:class:`LogEvidence`), shared by every front end that reports an evidence.
 - :func:`khat_verdict`, :func:`khat_threshold` — reading a k-hat.
 - :func:`prop_metric` — sbi's ``prop`` metric (is q proportional to the target?).
 - :func:`c2st` — classifier two-sample test against reference samples (sbibm's metric).
@@ -12,6 +14,7 @@
 
 from sbi_vi.diagnostics.c2st import c2st
 from sbi_vi.diagnostics.coverage import CoverageResult, run_coverage
+from sbi_vi.diagnostics.evidence import LogEvidence, log_evidence_from_log_weights
 from sbi_vi.diagnostics.prop import PropResult, prop_metric
 from sbi_vi.diagnostics.psis import (
     PSISResult,
@@ -24,6 +27,7 @@ from sbi_vi.diagnostics.sbc import SBCResult, check_sbc, run_sbc
 
 __all__ = [
     "CoverageResult",
+    "LogEvidence",
     "PSISResult",
     "PropResult",
     "SBCResult",
@@ -31,6 +35,7 @@ __all__ = [
     "check_sbc",
     "khat_threshold",
     "khat_verdict",
+    "log_evidence_from_log_weights",
     "log_mean_weight",
     "prop_metric",
     "psis",

@@ -173,11 +173,19 @@ class AmortizedFit:
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, log_p, log_q)`` of N draws of q(θ | x_b) per observation, ``[N, B]``."""
+        x, _, log_p, log_q = self.importance_draws(N, x, post)
+        return x, log_p, log_q
+
+    def importance_draws(
+        self, N: int, x: Tensor | None, post: PosteriorBase
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x, theta, log_p, log_q)``: N draws of q(θ | x_b) per observation
+        ``[N, B, D]``, log densities ``[N, B]``."""
         x = self.require(x, post)
         post.potential_fn.set_x(x, x_is_iid=False)
         chunk = max(1, 100_000 // x.shape[0])
-        _, log_p, log_q = importance_log_weights(self.q, post.potential_fn, N, x, chunk)
-        return x, log_p, log_q
+        theta, log_p, log_q = importance_log_weights(self.q, post.potential_fn, N, x, chunk)
+        return x, theta, log_p, log_q
 
     def evaluate(
         self,

@@ -23,7 +23,9 @@ How a third way plugs in — ``BatchedFit``, B independent q's for a batch of ob
   ``sample((n,), x, post)`` returns ``[n, B, D]`` (x ``None`` or equal to ``X``, checked as
   :class:`SingleFit` checks its x_o), ``log_prob`` scores θ ``[N, D]`` or ``[N, B, D]`` under
   each q_b, ``log_weights`` gives ``[N, B]`` log p̃ / log q, and ``evaluate`` packs them per
-  observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` — the
+  observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` (and
+  ``importance_draws`` the θ behind them, ``[N, B, D]``, for ``log_evidence`` and
+  ``sample(method="sir")``, which then work per observation unchanged) — the
   return shapes of :class:`AmortizedFit`, so code written for one works with the other;
   ``map_inits`` returns the draws of the q_b of the one observation asked for;
 - ``VIPosterior.train`` builds a ``BatchedFit`` instead of training its ``SingleFit`` when x
@@ -96,6 +98,14 @@ class FittedQ(Protocol):
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, log_p, log_q)`` of N draws of q per observation (``[N]`` or ``[N, B]``)."""
+        ...
+
+    def importance_draws(
+        self, N: int, x: Tensor | None, post: PosteriorBase
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x, theta, log_p, log_q)``: N draws θ of q per observation (``[N, D]`` or
+        ``[N, B, D]``) with their log densities (``[N]`` or ``[N, B]``); what
+        ``log_weights``, ``log_evidence`` and ``sample(method="sir")`` use."""
         ...
 
     def evaluate(

@@ -1,10 +1,11 @@
 """The methods of a posterior that use q: each delegates to the posterior's fitted state.
 
 :class:`FittedPosterior` holds ``_fitted`` (a :class:`~sbi_vi.posteriors.fitted.FittedQ`:
-a q of one observation, or an amortised q(θ | x)) and answers ``sample``,
-``sample_batched``, ``log_prob``, ``map`` and ``evaluate`` through it, after the checks that
-do not depend on how q was fitted. :class:`~sbi_vi.posteriors.VIPosterior` adds the
-configuration and the training that put a fitted state there.
+a q of one observation, or an amortised q(θ | x)) and answers ``sample`` (direct or
+importance-resampled), ``sample_batched``, ``log_prob``, ``map``, ``evaluate`` and
+``log_evidence`` through it, after the checks that do not depend on how q was fitted.
+:class:`~sbi_vi.posteriors.VIPosterior` adds the configuration and the training that put a
+fitted state there.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ from typing import Any, Literal, Self
 from torch import Size, Tensor
 
 from sbi_vi._checks import check_choice, check_positive_int
+from sbi_vi.diagnostics.evidence import LogEvidence, log_evidence_from_log_weights
 from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape
 from sbi_vi.posteriors.fitted import FittedQ
+from sbi_vi.posteriors.importance import (
+    SIRResult,
+    check_normalized,
+    num_proposals_for,
+    sir_resample,
+)
 from sbi_vi.posteriors.legacy import upgrade_state
 from sbi_vi.posteriors.map import gradient_ascent
 from sbi_vi.posteriors.setup import event_size_of
@@ -35,6 +43,8 @@ class FittedPosterior(PosteriorBase):
     _map_cache: dict[bytes, Tensor]
     _vi_method: str
     theta_transform: Any
+    sir_diagnostics: SIRResult | None = None
+    """k̂ and ESS of the weights of the last ``sample(method="sir")`` (``None`` before)."""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle, reading files written before the fitted-state objects too."""
@@ -45,8 +55,19 @@ class FittedPosterior(PosteriorBase):
         sample_shape: Size | tuple[int, ...] = (),
         x: Tensor | None = None,
         show_progress_bars: bool = True,
+        *,
+        method: Literal["direct", "sir"] = "direct",
+        num_proposals: int | None = None,
     ) -> Tensor:
         """Draw θ ~ q, shape ``[*sample_shape, D]`` (``[*sample_shape, B, D]`` for B > 1 x).
+
+        ``method="sir"`` (sampling/importance resampling) draws ``num_proposals`` θ from q,
+        weights them by p̃/q smoothed with PSIS, and resamples ``sample_shape`` of them with
+        replacement: a slightly-off q gives draws closer to the posterior. It is refused
+        when k̂ > 0.7 (no resampling repairs such a q). The k̂ and effective sample size of
+        the weights are kept in :attr:`sir_diagnostics` (per observation for a batch of x)
+        and logged; a :class:`~sbi_vi.errors.QualityWarning` says when the ESS is below the
+        number of draws asked for (the draws then repeat). Works with any potential.
 
         Args:
             sample_shape: Leading shape of the samples.
@@ -54,14 +75,69 @@ class FittedPosterior(PosteriorBase):
                 amortised q: any observation ``[L]``/``[1, L]``, or a batch ``[B, L]``
                 (default: :attr:`default_x`).
             show_progress_bars: Unused (sampling is one pass).
+            method: ``"direct"`` (draws of q) or ``"sir"`` (importance-resampled).
+            num_proposals: ``"sir"`` only: draws of q to resample from, per observation
+                (default ``max(10 n, 10_000)`` for n draws).
 
         Raises:
             NotTrainedError: If q has not been trained.
-            ValueError: If ``x`` is not the observation q was trained on.
+            ValueError: If ``x`` is not the observation q was trained on; an unknown
+                ``method``; ``num_proposals`` given with ``method="direct"`` or below 2;
+                ``method="sir"`` with k̂ > 0.7 (the message names the remedies).
         """
         del show_progress_bars
         sample_shape = check_sample_shape(sample_shape)
-        return self._fitted.sample(sample_shape, x, self)
+        check_choice("method", method, ("direct", "sir"))
+        if method == "direct":
+            if num_proposals is not None:
+                raise ValueError(
+                    "`num_proposals` is for method='sir'; got it with method='direct'."
+                )
+            return self._fitted.sample(sample_shape, x, self)
+        M = num_proposals_for(sample_shape.numel(), num_proposals)
+        _, theta, log_p, log_q = self._fitted.importance_draws(M, x, self)
+        draws, self.sir_diagnostics = sir_resample(theta, log_p - log_q, sample_shape)
+        if draws.ndim == len(sample_shape) + 2 and draws.shape[-2] == 1:  # as sample(): one x
+            draws = draws.squeeze(-2)
+        return draws
+
+    def log_evidence(
+        self, N: int = 10_000, x: Tensor | None = None, normalized: bool = False
+    ) -> LogEvidence:
+        """An importance-sampling estimate of log p(x_o), its standard error and PSIS k̂.
+
+        With N draws θ_s ~ q and weights ``w_s = exp(potential(θ_s)) / q(θ_s)``, the
+        estimate is ``log (1/N) Σ_s w_s`` and its standard error ``sd(w) / (√N mean(w))``;
+        the k̂ of the same weights (those of :meth:`evaluate`) says whether to trust both
+        (k̂ ≤ 0.7). It is log p(x_o) only when the potential is a normalised likelihood ×
+        prior: a likelihood-based potential is, a ratio-based or custom one is refused
+        unless ``normalized=True``. One implementation serves every front end:
+        :func:`~sbi_vi.diagnostics.log_evidence_from_log_weights`.
+
+        Args:
+            N: Draws of q per observation (at least 2).
+            x: For a q trained by ``train``: the trained observation (or ``None``). For an
+                amortised q: the observations ``[B, L]`` (default: :attr:`default_x`).
+            normalized: Vouch that a ratio-based or custom potential is
+                log p(x_o | θ) + log p(θ) with both densities normalised.
+
+        Returns:
+            A :class:`~sbi_vi.diagnostics.LogEvidence` (``value``, ``stderr``, ``khat``,
+            ``reliable``): floats for a q of one observation, tensors ``[B]`` (one per
+            observation) for an amortised q.
+
+        Raises:
+            NotTrainedError: If q is not trained (a ``ValueError``).
+            ValueError: A potential not known to be normalised without
+                ``normalized=True``; ``N`` < 2; a bad ``x``.
+            TypeError: ``normalized`` not a bool.
+        """
+        check_normalized(self.potential_fn, normalized)
+        N = check_positive_int("N", N)
+        if N < 2:
+            raise ValueError(f"`N` must be at least 2, got {N}.")
+        _, log_p, log_q = self._fitted.log_weights(N, x, self)
+        return log_evidence_from_log_weights(log_p - log_q)
 
     def sample_batched(
         self,

@@ -139,10 +139,17 @@ class SingleFit:
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(x_o, log_p, log_q)`` of N draws θ ~ q, each ``[N]``."""
+        x, _, log_p, log_q = self.importance_draws(N, x, post)
+        return x, log_p, log_q
+
+    def importance_draws(
+        self, N: int, x: Tensor | None, post: PosteriorBase
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x_o, theta, log_p, log_q)``: N draws θ ~ q ``[N, D]``, log densities ``[N]``."""
         self.require(x, post)
         post.potential_fn.set_x(self.trained_on)
-        _, log_p, log_q = importance_log_weights(self.family, post.potential_fn, N)
-        return self.trained_on, log_p, log_q
+        theta, log_p, log_q = importance_log_weights(self.family, post.potential_fn, N)
+        return self.trained_on, theta, log_p, log_q
 
     def evaluate(
         self,

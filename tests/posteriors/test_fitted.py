@@ -63,9 +63,13 @@ class BatchedStandIn:
         return self.dist().log_prob(post._check_theta(theta))
 
     def log_weights(self, N, x, post):
+        x, _, log_p, log_q = self.importance_draws(N, x, post)
+        return x, log_p, log_q
+
+    def importance_draws(self, N, x, post):
         theta = self.dist().sample((N,))
         post.potential_fn.set_x(self.x, x_is_iid=False)
-        return self.x, post.potential_fn(theta), self.dist().log_prob(theta)
+        return self.x, theta, post.potential_fn(theta), self.dist().log_prob(theta)
 
     def evaluate(self, metric, N, x, post, refine, refine_kwargs):
         x, log_p, log_q = self.log_weights(N, x, post)
@@ -109,6 +113,21 @@ def test_a_batched_fit_plugs_in_without_touching_the_posterior():
     theta_map = posterior.map(x=X[1:2], num_iter=200, num_init_samples=200)
     torch.testing.assert_close(theta_map, SHRINK * X[1], atol=1e-2, rtol=0)
     assert "batched over 3 observations" in repr(posterior)
+
+
+def test_a_batched_fit_gets_the_evidence_and_sir_draws_per_observation():
+    """log p(x_b) = N(x_b; 0, (1 + σ²) I); SIR pulls shifted q's back onto the posteriors."""
+    torch.manual_seed(2)
+    evidence = posterior_with(BatchedStandIn(X, torch.zeros(2))).log_evidence(x=X, N=2000)
+    exact = MultivariateNormal(torch.zeros(2), (1 + NOISE_SD**2) * torch.eye(2)).log_prob(X)
+    assert evidence.value.shape == evidence.stderr.shape == evidence.khat.shape == (3,)
+    torch.testing.assert_close(evidence.value.float(), exact, atol=1e-4, rtol=0)  # exact q
+    shift = torch.tensor([[0.1, 0.0], [0.0, -0.1], [0.1, 0.1]])
+    posterior = posterior_with(BatchedStandIn(X, shift))
+    theta = posterior.sample((4000,), x=X, method="sir", num_proposals=40_000)
+    assert theta.shape == (4000, 3, 2) and posterior.sir_diagnostics.khat.shape == (3,)
+    error = (theta.mean(0) - SHRINK * X).abs().max()
+    assert float(error) < 0.3 * float(shift.abs().max())
 
 
 def test_per_observation_quality_flags_the_observation_whose_q_is_off():

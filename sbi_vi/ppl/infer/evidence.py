@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from sbi_vi._checks import check_positive_int
+from sbi_vi.diagnostics.evidence import LogEvidence, log_evidence_from_log_weights
 from sbi_vi.diagnostics.psis import PSISResult, psis
 from sbi_vi.ppl.handlers import trace
 from sbi_vi.ppl.infer.draws import guide_values, posterior_samples, seeded, select_sites
@@ -62,24 +62,6 @@ def evaluate(
     return psis(log_w)
 
 
-@dataclass(frozen=True)
-class LogEvidence:
-    """An importance-sampling estimate of the log marginal likelihood log p(x).
-
-    Attributes:
-        value: ``log (1/S) Σ_s w_s`` with ``w_s = p(x, θ_s) / q(θ_s)``, θ_s drawn from q.
-        stderr: Its standard error (delta method: the standard error of the mean weight
-            over the mean weight). Trust it only when ``khat`` is small.
-        khat: PSIS k̂ of the weights (> 0.7: the estimate and its error are unreliable).
-        n_particles: The number of draws S.
-    """
-
-    value: float
-    stderr: float
-    khat: float
-    n_particles: int
-
-
 def log_evidence(
     svi: SVI, args: tuple, kwargs: dict, *, num_samples: int = 1000, seed: int | None = None
 ) -> LogEvidence:
@@ -89,11 +71,7 @@ def log_evidence(
         raise ValueError(f"`num_samples` must be at least 2, got {num_samples}.")
     with seeded(seed), torch.no_grad():
         log_w = full_data_log_weights(svi, args, kwargs, num_samples).double()
-    result = psis(log_w)
-    w = torch.exp(log_w - log_w.max())
-    mean = w.mean()
-    stderr = float(w.std() / math.sqrt(num_samples) / mean) if float(mean) > 0 else math.inf
-    return LogEvidence(float(result.log_evidence), stderr, float(result.khat), num_samples)
+    return log_evidence_from_log_weights(log_w)
 
 
 def to_inference_data(

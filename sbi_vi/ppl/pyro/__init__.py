@@ -32,7 +32,6 @@ duration of the call.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,8 +48,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from sbi_vi._checks import check_positive_int
-from sbi_vi.diagnostics.psis import psis
-from sbi_vi.ppl.infer.evidence import LogEvidence
+from sbi_vi.diagnostics.evidence import LogEvidence, log_evidence_from_log_weights
 from sbi_vi.ppl.infer.summary import DEFAULT_SUMMARIES
 from sbi_vi.ppl.pyro._chunks import _posterior
 from sbi_vi.ppl.pyro._layout import _layout, _select
@@ -60,13 +58,8 @@ __all__ = ["sample_posterior"]
 
 def _evidence(log_w: Tensor) -> tuple[float, LogEvidence]:
     """PSIS k-hat and the evidence estimate of ``log_w`` ``[S]`` (as ``SVI.log_evidence``)."""
-    log_w = log_w.double()
-    result = psis(log_w)
-    w = torch.exp(log_w - log_w.max())
-    mean = w.mean()
-    stderr = float(w.std() / math.sqrt(len(w)) / mean) if float(mean) > 0 else math.inf
-    evidence = LogEvidence(float(result.log_evidence), stderr, float(result.khat), len(w))
-    return float(result.khat), evidence
+    evidence = log_evidence_from_log_weights(log_w.double())
+    return float(evidence.khat), evidence
 
 
 def sample_posterior(
