@@ -205,3 +205,15 @@ def test_sir_follows_the_global_seed(slightly_off):
     a = slightly_off.sample((50,), method="sir")
     torch.manual_seed(3)
     assert torch.equal(a, slightly_off.sample((50,), method="sir"))
+
+
+def test_sir_resample_keeps_the_shapes_of_sample():
+    from sbi_vi.posteriors.importance import sir_resample
+
+    theta, log_w = torch.randn(200, 3, 2), 0.1 * torch.randn(200, 3)
+    for shape, expected in (((0,), (0, 3, 2)), ((4, 5), (4, 5, 3, 2)), ((), (3, 2))):
+        out, info = sir_resample(theta, log_w, torch.Size(shape))
+        assert out.shape == expected and info.khat.shape == (3,)
+    out, info = sir_resample(theta[:, 0], log_w[:, 0], torch.Size((7,)))
+    assert out.shape == (7, 2) and isinstance(info.khat, float)
+    assert bool((out.unsqueeze(1) == theta[:, 0]).all(-1).any(-1).all())  # draws of q only
