@@ -31,6 +31,7 @@ __all__ = [
     "guide_values",
     "model_trace",
     "posterior_samples",
+    "posterior_samples_and_log_weights",
     "resolve_obs_plate",
     "seeded",
     "select_sites",
@@ -196,6 +197,38 @@ def posterior_samples(
     return_observed: bool,
 ) -> dict[str, Tensor]:
     """Draws of ``sites`` in their plain shapes, ``{site: [num_samples, *shape]}``."""
+    return posterior_samples_and_log_weights(
+        svi,
+        args,
+        kwargs,
+        num_samples,
+        sites,
+        obs_plate=obs_plate,
+        batch_size=batch_size,
+        return_observed=return_observed,
+        log_weights=False,
+    )[0]
+
+
+def posterior_samples_and_log_weights(
+    svi: SVI,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    sites: Sequence[str],
+    *,
+    obs_plate: str | None,
+    batch_size: int | None,
+    return_observed: bool,
+    log_weights: bool = True,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """:func:`posterior_samples` and the full-data log weights of the same draws.
+
+    The log weights ``log p(x, θ) - log q(θ)`` ``[num_samples]`` (every plate at full
+    size) exist only when the draws are joint draws of the whole data: with ``batch_size``
+    splitting the observation plate, the local sites of each chunk are separate draws and
+    the weights are ``None``, as they are without ``log_weights`` or for a point mass.
+    """
     info = svi.objective.info
     assert info is not None
     k = svi.objective.max_plate_nesting
@@ -204,6 +237,8 @@ def posterior_samples(
     if obs_plate is not None:
         full = info.plates[obs_plate].full_indices()
         chunks = list(full.split(batch_size)) if batch_size else [full]
+    weighted = log_weights and len(chunks) == 1 and not getattr(svi.guide, "is_point_mass", False)
+    log_w: Tensor | None = None
     need_model = any(s not in info.latent for s in sites)
     in_plate = {s: obs_plate in {f.name for f in info.site_frames.get(s, ())} for s in sites}
     pieces: dict[str, list[Tensor]] = {s: [] for s in sites}
@@ -213,9 +248,13 @@ def posterior_samples(
         indices = dict(others)
         if chunk is not None:
             indices[obs_plate] = chunk  # type: ignore[index]
-        values, _ = guide_values(svi, args, kwargs, num_samples, indices, fixed)
+        values, log_q = guide_values(svi, args, kwargs, num_samples, indices, fixed)
         if chunk is not None:
             _take_chunk(info, values, obs_plate, chunk)  # type: ignore[arg-type]
+        if weighted:
+            full_indices = info.full_indices()
+            log_p = svi.objective.run_model(values, num_samples, args, kwargs, full_indices)
+            log_w = (log_p - log_q).detach()
         if fixed is None:
             fixed = {
                 n: v
@@ -249,7 +288,7 @@ def posterior_samples(
             if math.prod(shape) * value.shape[0] == value.numel():
                 value = value.reshape(value.shape[0], *shape)
         out[s] = value.detach()
-    return out
+    return out, log_w
 
 
 def _take_chunk(info: ModelInfo, values: dict[str, Tensor], plate: str, chunk: Tensor) -> None:

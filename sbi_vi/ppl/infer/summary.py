@@ -18,12 +18,23 @@ import torch
 from torch import Tensor
 
 from sbi_vi._checks import check_positive_int
-from sbi_vi.ppl.infer.draws import posterior_samples, resolve_obs_plate, seeded, select_sites
+from sbi_vi.diagnostics.psis import MAX_KHAT, psis
+from sbi_vi.ppl.infer.draws import (
+    posterior_samples_and_log_weights,
+    resolve_obs_plate,
+    seeded,
+    select_sites,
+)
 
 if TYPE_CHECKING:
     from sbi_vi.ppl.infer.svi import SVI
 
-__all__ = ["DEFAULT_SUMMARIES", "sample_posterior"]
+__all__ = [
+    "DEFAULT_SUMMARIES",
+    "sample_posterior",
+    "weighted_quantile",
+    "weighted_summaries",
+]
 
 
 def _q(level: float) -> Callable[..., np.ndarray]:
@@ -41,6 +52,68 @@ DEFAULT_SUMMARIES: dict[str, Callable[..., np.ndarray]] = {
     "q95": _q(0.95),
 }
 """The summaries of ``sample_posterior``: each is called as ``fun(samples, axis=0)``."""
+
+
+def weighted_quantile(x: np.ndarray, weights: np.ndarray, level: float) -> np.ndarray:
+    """Quantile ``level`` of the draws ``x`` ``[S, *shape]`` under normalised ``weights`` ``[S]``.
+
+    The weighted version of the midpoint rule: the sorted draw ``x_(i)`` sits at cumulative
+    weight ``Σ_{j<i} w_(j) + w_(i) / 2`` and the quantile interpolates linearly between
+    neighbours (equal weights give Hazen's quantile, ``(i + 1/2) / S``).
+
+    Returns:
+        An array of shape ``shape``.
+    """
+    order = np.argsort(x, axis=0, kind="stable")
+    xs = np.take_along_axis(x, order, 0)
+    ws = weights[order]
+    at = np.cumsum(ws, axis=0) - 0.5 * ws
+    hi = np.clip((at < level).sum(axis=0, keepdims=True), 1, x.shape[0] - 1)
+    lo = hi - 1
+    a_lo, a_hi = np.take_along_axis(at, lo, 0), np.take_along_axis(at, hi, 0)
+    x_lo, x_hi = np.take_along_axis(xs, lo, 0), np.take_along_axis(xs, hi, 0)
+    gap = np.where(a_hi > a_lo, a_hi - a_lo, 1.0)
+    t = np.clip((level - a_lo) / gap, 0.0, 1.0)
+    return (x_lo + t * (x_hi - x_lo))[0]
+
+
+def weighted_summaries(x: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The default summaries (means, stds, q05, q95) of ``x`` ``[S, *shape]`` under ``weights``.
+
+    Args:
+        x: Draws, ``[S, *shape]``.
+        weights: Self-normalised importance weights, ``[S]``, summing to one.
+
+    Returns:
+        ``{"means", "stds", "q05", "q95"}``, each of shape ``shape``.
+    """
+    w = weights.reshape(-1, *([1] * (x.ndim - 1)))
+    x64 = x.astype(np.float64)
+    mean = (w * x64).sum(0)
+    std = np.sqrt(np.maximum((w * (x64 - mean) ** 2).sum(0), 0.0))
+    return {
+        "means": mean.astype(x.dtype),
+        "stds": std.astype(x.dtype),
+        "q05": weighted_quantile(x64, weights, 0.05).astype(x.dtype),
+        "q95": weighted_quantile(x64, weights, 0.95).astype(x.dtype),
+    }
+
+
+def _psis_weights(log_w: Tensor | None, why_not: str | None) -> tuple[Any, str, float | None]:
+    """``(normalised weights or None, the flag, k-hat)`` from the draws' log weights."""
+    if why_not is not None:
+        return None, f"none ({why_not})", None
+    if log_w is None:
+        return None, "none (the draws have no joint full-data density)", None
+    values = log_w.double().cpu()
+    if bool(torch.isnan(values).any()) or bool((values == float("inf")).any()):
+        return None, "none (the log weights are not finite)", None
+    result = psis(values)
+    khat = float(result.khat)
+    if not khat <= MAX_KHAT:
+        return None, f"none (k-hat {khat:.2f} > {MAX_KHAT}: q is too far off to correct)", khat
+    weights = result.log_weights.exp().numpy()
+    return weights / weights.sum(), "psis", khat
 
 
 def _resolve_device(use_gpu: bool | int | str | None) -> torch.device | None:
@@ -102,6 +175,7 @@ def sample_posterior(
     summary_fun: Mapping[str, Callable[..., np.ndarray]] | None = None,
     obs_plate: str | None = None,
     seed: int | None = None,
+    importance_weighted: bool = False,
 ) -> dict[str, Any]:
     """Summarise the posterior of every requested site: means, stds, 5% and 95% quantiles.
 
@@ -127,11 +201,23 @@ def sample_posterior(
         obs_plate: Name of the observation plate (found from the model by default, see
             :func:`resolve_obs_plate`).
         seed: Seed of the draws (the caller's RNG is left alone).
+        importance_weighted: Correct the default summaries towards the posterior with
+            Pareto-smoothed importance weights ``p(x, θ) / q(θ)`` of the same draws (one
+            more vectorised pass of the model at full data), when PSIS k̂ ≤ 0.7. The
+            result then says what was done: ``"weighting"`` is ``"psis"``, or
+            ``"none (<why>)"`` where the weights do not apply — k̂ > 0.7, a custom
+            ``summary_fun``, a ``batch_size`` that splits the observation plate (each
+            chunk's local draws are separate, so no draw has a joint density), a point
+            mass — and ``"khat"`` is k̂ (``None`` when not computed). Draws in
+            ``"posterior_samples"`` stay unweighted draws of q; their normalised weights
+            come as ``"importance_weights"`` ``(num_samples,)``.
 
     Returns:
         ``{summary name: {site: np.ndarray of the site's shape}}`` — by default the keys
         ``"means"``, ``"stds"``, ``"q05"``, ``"q95"`` — plus ``"posterior_samples"`` when
-        ``return_samples``.
+        ``return_samples``, and ``"weighting"`` and ``"khat"`` (with
+        ``"importance_weights"`` when weighted and ``return_samples``) when
+        ``importance_weighted``.
 
     Raises:
         ValueError: On unknown sites, a bad ``batch_size``, or ``batch_size`` for a model
@@ -145,6 +231,8 @@ def sample_posterior(
         isinstance(k, str) and callable(f) for k, f in summaries.items()
     ):
         raise TypeError("`summary_fun` must be a dict {name: callable}, e.g. {'means': np.mean}.")
+    if not isinstance(importance_weighted, bool):
+        raise TypeError(f"`importance_weighted` must be a bool, got {importance_weighted!r}.")
     device = _resolve_device(use_gpu)
     with seeded(seed), torch.no_grad(), _on_device(svi, device):
         if device is not None:
@@ -159,7 +247,8 @@ def sample_posterior(
                 "`batch_size` splits the observation plate, but the model has none that could "
                 "be found; name it with `obs_plate=`."
             )
-        draws = posterior_samples(
+        why_not = _why_not_weighted(svi, summary_fun, num_samples)
+        draws, log_w = posterior_samples_and_log_weights(
             svi,
             args,
             kwargs,
@@ -168,12 +257,39 @@ def sample_posterior(
             obs_plate=plate,
             batch_size=batch_size,
             return_observed=return_observed,
+            log_weights=importance_weighted and why_not is None,
         )
     samples = {s: v.cpu().numpy() for s, v in draws.items()}
-    results: dict[str, Any] = {
-        name: {s: np.asarray(fun(v, axis=0)) for s, v in samples.items()}
-        for name, fun in summaries.items()
-    }
+    weights, flag, khat = None, "none", None
+    if importance_weighted:
+        if why_not is None and log_w is None and batch_size is not None:
+            why_not = "batch_size splits the observation plate: no draw is joint"
+        weights, flag, khat = _psis_weights(log_w, why_not)
+    if weights is not None:
+        per_site = {s: weighted_summaries(v, weights) for s, v in samples.items()}
+        results: dict[str, Any] = {
+            name: {s: per_site[s][name] for s in samples} for name in DEFAULT_SUMMARIES
+        }
+    else:
+        results = {
+            name: {s: np.asarray(fun(v, axis=0)) for s, v in samples.items()}
+            for name, fun in summaries.items()
+        }
     if return_samples:
         results["posterior_samples"] = samples
+    if importance_weighted:
+        results["weighting"], results["khat"] = flag, khat
+        if weights is not None and return_samples:
+            results["importance_weights"] = weights
     return results
+
+
+def _why_not_weighted(svi: SVI, summary_fun: Any, num_samples: int) -> str | None:
+    """Why importance weights cannot apply before drawing (``None``: they may)."""
+    if summary_fun is not None:
+        return "a custom summary_fun takes no weights"
+    if getattr(svi.guide, "is_point_mass", False):
+        return "a point-mass guide has no density"
+    if num_samples < 2:
+        return "PSIS needs at least 2 draws"
+    return None

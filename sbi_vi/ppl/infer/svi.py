@@ -15,12 +15,13 @@ from sbi_vi._checks import check_positive_float, check_positive_int
 from sbi_vi.diagnostics.psis import PSISResult
 from sbi_vi.ppl.handlers import seed as seed_handler
 from sbi_vi.ppl.infer.autoguides.base import AutoGuide
+from sbi_vi.ppl.infer.averaging import TailAverage, check_average
 from sbi_vi.ppl.infer.objective import Objective
 from sbi_vi.ppl.infer.quality import check_diverged
 from sbi_vi.ppl.infer.quality import quality_control as run_quality_control
 from sbi_vi.ppl.params import ParamStore
 from sbi_vi.vi.divergences import Divergence, build_divergence
-from sbi_vi.vi.fit import fit, gradient_step, make_optimizer
+from sbi_vi.vi.fit import StoppingRule, fit, gradient_step, make_optimizer
 
 __all__ = ["SVI", "SVIResult"]
 
@@ -233,6 +234,8 @@ class SVI:
         seed: int | None = None,
         show_progress_bar: bool = True,
         quality_control: bool = True,
+        average: float | None = None,
+        stopping: StoppingRule | None = None,
         **kwargs: Any,
     ) -> SVIResult:
         """Run ``num_steps`` optimisation steps on the model's arguments.
@@ -254,12 +257,23 @@ class SVI:
             show_progress_bar: Show a progress bar.
             quality_control: Run the PSIS check at the end (one vectorised pass of the
                 model over 1,000 draws at full data; turn it off for very large data).
+            average: Polyak–Ruppert iterate averaging: the fraction of the run's last
+                steps (of ``num_steps``) whose parameters are averaged and written into
+                the guide at the end, e.g. ``0.5`` (``None``: keep the last iterate). At a
+                constant learning rate this removes most of the step-to-step noise of the
+                fitted parameters. With ``stopping``, a run that stops before the averaging
+                window begins keeps its last iterate.
+            stopping: A stopping rule of the engine, e.g.
+                :class:`~sbi_vi.vi.fit.ConvergenceCheck` (``eps`` in loss units, e.g.
+                nats): stop before ``num_steps`` once it says the loss has converged
+                (``result.converged``). ``None``: run every step.
             **kwargs: The model's keyword arguments.
 
         Returns:
             An :class:`SVIResult`; its ``losses`` and ``num_skipped`` are this run's, its
             ``quality`` the PSIS result (``None`` without quality control or for a point
-            mass).
+            mass), ``converged`` whether ``stopping`` ended it, ``num_averaged`` the
+            iterates averaged into the parameters (0: the last iterate).
 
         Raises:
             RuntimeError: If every step of the run was skipped as non-finite.
@@ -269,19 +283,35 @@ class SVI:
         num_steps = check_positive_int("num_steps", num_steps)
         if not isinstance(quality_control, bool):
             raise TypeError(f"`quality_control` must be a bool, got {quality_control!r}.")
+        average = check_average(average)
+        if stopping is not None and not isinstance(stopping, StoppingRule):
+            raise TypeError(
+                "`stopping` must be None or a StoppingRule, e.g. "
+                f"sbi_vi.vi.fit.ConvergenceCheck(eps=1e-3), got {type(stopping).__name__}."
+            )
         context = contextlib.nullcontext() if seed is None else seed_handler(rng_seed=seed)
         with context:
             self.setup(*args, **kwargs)
             self._last_args = (args, kwargs)
+            scheduler = self.scheduler
+            averager = None
+            if average is not None:
+                start = num_steps - max(1, round(average * num_steps))
+                averager = TailAverage(self._parameters(), start, self.scheduler)
+                scheduler = averager
             history = fit(
                 lambda: self._loss(args, kwargs),
                 self.optimizer,  # type: ignore[arg-type]
-                scheduler=self.scheduler,
+                scheduler=scheduler,
                 max_num_iters=num_steps,
                 clip_value=self.clip_value,
+                stopping=stopping,
                 show_progress_bar=show_progress_bar,
                 description="SVI",
             )
+            num_averaged = 0
+            if averager is not None and averager.apply():
+                num_averaged = averager.num_averaged
             self._history.append(history.losses)
             self.num_skipped += history.num_skipped
             # The checks' draws come from the run's stream but do not advance it.
@@ -300,6 +330,8 @@ class SVI:
             kwargs=kwargs,
             num_skipped=history.num_skipped,
             quality=quality,
+            converged=history.converged,
+            num_averaged=num_averaged,
         )
 
     @property
@@ -339,6 +371,9 @@ class SVIResult:
             finite (more than 10 % of them raise a ``DivergedWarning``).
         quality: PSIS k̂/ESS of the fitted guide on full-data draws (``None`` when quality
             control was off, the run diverged, or the guide is a point mass).
+        converged: Whether the run's ``stopping`` rule ended it before ``num_steps``.
+        num_averaged: Iterates averaged into the parameters (``average``; 0: the last
+            iterate).
     """
 
     params: dict[str, Tensor]
@@ -349,6 +384,8 @@ class SVIResult:
     kwargs: dict = field(default_factory=dict, repr=False)
     num_skipped: int = 0
     quality: PSISResult | None = field(default=None, repr=False)
+    converged: bool = False
+    num_averaged: int = 0
 
     def _args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (args, kwargs) if (args or kwargs) else (self.args, self.kwargs)
@@ -365,6 +402,7 @@ class SVIResult:
         summary_fun: Mapping[str, Callable[..., np.ndarray]] | None = None,
         obs_plate: str | None = None,
         seed: int | None = None,
+        importance_weighted: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Summarise the posterior site by site (scvi-tools' ``sample_posterior``).
@@ -388,6 +426,7 @@ class SVIResult:
             summary_fun=summary_fun,
             obs_plate=obs_plate,
             seed=seed,
+            importance_weighted=importance_weighted,
         )
 
     def evaluate(
