@@ -70,6 +70,14 @@ def slow_loop(model, guide, x, num_samples):
     return {k: torch.stack(v).numpy() for k, v in draws.items()}, torch.stack(log_w)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _clean_param_store():
+    """Pyro's parameter store is global: leave it as empty as we found it."""
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
 @pytest.fixture(scope="module")
 def x():
     g = torch.Generator().manual_seed(0)
