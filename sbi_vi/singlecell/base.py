@@ -210,7 +210,12 @@ class BaseSingleCellModel(AnnDataModel):
         for key, values in self.history_.items():
             if key in ("epoch", "validation_epoch"):
                 continue
-            index = epochs if len(values) == len(epochs) else stamps
+            if len(values) == len(epochs):
+                index = epochs
+            elif len(values) == len(stamps):
+                index = stamps
+            else:  # a key that began in a later train() call (e.g. a new callback's)
+                index = epochs[len(epochs) - len(values) :]
             out[key] = pd.DataFrame(
                 {key: values}, index=pd.Index(np.asarray(index, dtype=int), name="epoch")
             )

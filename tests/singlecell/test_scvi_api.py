@@ -400,3 +400,11 @@ def test_normalized_expression_importance_weights(model, adata):
         model.get_normalized_expression(
             n_samples_overall=5, weights="importance", transform_batch=batches
         )
+
+
+def test_history_keys_that_begin_in_a_later_train_call(model):
+    model.train(max_epochs=2, enable_progress_bar=False, seed=0)
+    model.train(max_epochs=2, learning_rate_monitor=True, enable_progress_bar=False, seed=1)
+    history = model.history
+    assert list(history["elbo_train"].index) == [0, 1, 2, 3]
+    assert list(history["lr-Adam"].index) == [2, 3]
