@@ -59,7 +59,8 @@ class BasePotential(abc.ABC):
         """Set the observation: ``[L]`` or ``[N, L]`` (N iid rows, or N observations).
 
         Raises:
-            ValueError: If ``x_o`` has more than two dims or non-finite entries.
+            ValueError: If ``x_o`` has more than two dims, no entries, or non-finite
+                entries.
         """
         x = as_tensor("x_o", x_o).to(self.device)
         if x.ndim == 1:
@@ -68,6 +69,10 @@ class BasePotential(abc.ABC):
             raise ValueError(
                 f"`x_o` must have shape [L] or [N, L]; got {tuple(x.shape)}. Flatten "
                 "structured observations or embed them first."
+            )
+        if x.numel() == 0:
+            raise ValueError(
+                f"`x_o` is empty (shape {tuple(x.shape)}); give at least one observation."
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError("`x_o` must be finite; it holds NaN or inf entries.")

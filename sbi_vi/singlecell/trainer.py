@@ -244,6 +244,11 @@ def resolve_training(
         external_indexing=split_kwargs.get("external_indexing"),
         seed=seed,
     )
+    if batch_norm and batch_size == 1:
+        raise ValueError(
+            "`batch_size=1` gives minibatches of one cell, which batch normalisation cannot "
+            "train on; use a larger `batch_size` (scvi-tools' default is 128)."
+        )
     if batch_norm and len(split.train) % batch_size == 1 and not drop_last:
         raise ValueError(
             f"The last training minibatch would hold 1 cell ({len(split.train)} training "
