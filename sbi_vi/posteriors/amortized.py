@@ -169,13 +169,6 @@ class AmortizedFit:
             return out.reshape(theta.shape[:-1])
         return out[0] if theta.ndim == 1 and out.shape[0] == 1 else out
 
-    def log_weights(
-        self, N: int, x: Tensor | None, post: PosteriorBase
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x, log_p, log_q)`` of N draws of q(θ | x_b) per observation, ``[N, B]``."""
-        x, _, log_p, log_q = self.importance_draws(N, x, post)
-        return x, log_p, log_q
-
     def importance_draws(
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -202,7 +195,7 @@ class AmortizedFit:
                 "An amortised q is evaluated per observation with quality_control_metric="
                 f"'psis'; got {metric!r}."
             )
-        x, log_p, log_q = self.log_weights(N, x, post)
+        x, _, log_p, log_q = self.importance_draws(N, x, post)
         return per_observation_quality(log_p - log_q, x, refine, refine_kwargs)
 
     def map_inits(self, x: Tensor, num_init_samples: int, init_method: str) -> Tensor:

@@ -22,7 +22,7 @@ How a third way plugs in — ``BatchedFit``, B independent q's for a batch of ob
 - a ``BatchedFit(family, X)`` holding a family with a batch of B parameter sets; its
   ``sample((n,), x, post)`` returns ``[n, B, D]`` (x ``None`` or equal to ``X``, checked as
   :class:`SingleFit` checks its x_o), ``log_prob`` scores θ ``[N, D]`` or ``[N, B, D]`` under
-  each q_b, ``log_weights`` gives ``[N, B]`` log p̃ / log q, and ``evaluate`` packs them per
+  each q_b, ``importance_draws`` gives ``[N, B]`` log p̃ / log q, and ``evaluate`` packs them per
   observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` (and
   ``importance_draws`` the θ behind them, ``[N, B, D]``, for ``log_evidence`` and
   ``sample(method="sir")``, which then work per observation unchanged) — the
@@ -94,18 +94,12 @@ class FittedQ(Protocol):
         """log q(θ | x) by the shape rules of ``VIPosterior.log_prob``."""
         ...
 
-    def log_weights(
-        self, N: int, x: Tensor | None, post: PosteriorBase
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x, log_p, log_q)`` of N draws of q per observation (``[N]`` or ``[N, B]``)."""
-        ...
-
     def importance_draws(
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(x, theta, log_p, log_q)``: N draws θ of q per observation (``[N, D]`` or
         ``[N, B, D]``) with their log densities (``[N]`` or ``[N, B]``); what
-        ``log_weights``, ``log_evidence`` and ``sample(method="sir")`` use."""
+        ``evaluate``, ``log_evidence`` and ``sample(method="sir")`` use."""
         ...
 
     def evaluate(

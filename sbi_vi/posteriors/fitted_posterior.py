@@ -136,7 +136,7 @@ class FittedPosterior(PosteriorBase):
         N = check_positive_int("N", N)
         if N < 2:
             raise ValueError(f"`N` must be at least 2, got {N}.")
-        _, log_p, log_q = self._fitted.log_weights(N, x, self)
+        _, _, log_p, log_q = self._fitted.importance_draws(N, x, self)
         return log_evidence_from_log_weights(log_p - log_q)
 
     def sample_batched(

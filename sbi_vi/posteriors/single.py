@@ -135,13 +135,6 @@ class SingleFit:
         with torch.set_grad_enabled(track_gradients):
             return log_prob_far_out(self.family(), theta)
 
-    def log_weights(
-        self, N: int, x: Tensor | None, post: PosteriorBase
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x_o, log_p, log_q)`` of N draws θ ~ q, each ``[N]``."""
-        x, _, log_p, log_q = self.importance_draws(N, x, post)
-        return x, log_p, log_q
-
     def importance_draws(
         self, N: int, x: Tensor | None, post: PosteriorBase
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -167,7 +167,7 @@ def test_every_fit_gives_the_log_weights_evaluate_uses(build, kind, weights_shap
     assert isinstance(fitted, kind) and isinstance(fitted, FittedQ) and fitted.trained
     x = None if kind is SingleFit else X
     torch.manual_seed(3)
-    _, log_p, log_q = fitted.log_weights(500, x, posterior)
+    _, _, log_p, log_q = fitted.importance_draws(500, x, posterior)
     assert log_p.shape == log_q.shape == weights_shape
     assert bool(torch.isfinite(log_p - log_q).all())
     torch.manual_seed(3)
