@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs install clean
+.PHONY: demo test lint docs docs-outputs install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,13 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir .site
+
+# Run the tutorials cell by cell and commit what they print and draw (docs/tutorials/outputs/);
+# the docs build only reads those files. The full runs take about an hour on two busy cores;
+# DOCS_OUTPUTS_ARGS="--only 03_ppl_svi" redoes one tutorial, "--quick" uses the quick budgets.
+DOCS_OUTPUTS_ARGS ?=
+docs-outputs: $(STAMP)
+	MPLBACKEND=Agg $(PY) docs/_ext/render_tutorials.py $(DOCS_OUTPUTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .site demo_output

@@ -1,11 +1,13 @@
-"""Griffe extension for the API reference: Sphinx markup in docstrings to Markdown.
+"""Griffe extension for the API reference: Sphinx markup and doctests in docstrings to Markdown.
 
 The package's docstrings are Google style but use a few reStructuredText constructs that
 Markdown does not know: cross-reference roles (``:class:`Family```), inline math
 (``:math:`\\log p```) and ``.. math::`` blocks. mkdocstrings would print them verbatim, so
 this extension rewrites them before rendering: roles become inline code, math becomes
-``$...$`` / ``$$...$$`` for ``pymdownx.arithmatex``. The docstrings themselves are left as
-they are (they also read well with ``help()``).
+``$...$`` / ``$$...$$`` for ``pymdownx.arithmatex``. Google style's ``Example:`` section is
+an admonition whose body is Markdown, where a doctest's ``>>>`` reads as a quote and
+``x["a"]["b"]`` as a link, so every doctest becomes fenced ``pycon`` code. The docstrings
+themselves are left as they are (they also read well with ``help()``).
 
 Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
 """
@@ -56,8 +58,35 @@ def _math_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+def _doctest_blocks(text: str) -> str:
+    """Fence every doctest (a ``>>>`` line up to the next blank line) as ``pycon`` code.
+
+    Google style's ``Example:`` is an admonition whose body is Markdown, where ``>>>`` would
+    be a nested quote and ``x["a"]["b"]`` a reference link.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].lstrip().startswith(">>>"):
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        previous = out[-1] if out else ""
+        if previous.strip() and len(previous) - len(previous.lstrip()) >= len(indent):
+            out.append("")  # not right under a section title such as "Example:"
+        out.append(f"{indent}```pycon")
+        while i < len(lines) and lines[i].strip():
+            out.append(lines[i])
+            i += 1
+        out += [f"{indent}```", ""]
+    return "\n".join(out)
+
+
 def to_markdown(text: str) -> str:
     """Rewrite the Sphinx constructs of one docstring as Markdown."""
+    text = _doctest_blocks(text)
     text = _math_blocks(text)
     text = _MATH_ROLE.sub(lambda m: f"${m.group(1)}$", text)
     return _ROLE.sub(_role, text)
