@@ -159,21 +159,30 @@ class AnnDataSetup:
         keys += list(self.categorical_covariate_keys) + list(self.continuous_covariate_keys)
         return [k for k in keys if k is not None]
 
-    def batch_codes(self, adata: Any) -> np.ndarray:
-        """Batch code of every cell, shape ``[n_obs]`` (int64)."""
-        return _codes(adata, self.batch_key, self.batch_categories, "batch_key")
+    def batch_codes(self, adata: Any, dtype: Any = np.int64) -> np.ndarray:
+        """Batch code of every cell, shape ``[n_obs]``.
 
-    def labels_codes(self, adata: Any) -> np.ndarray:
-        """Label code of every cell, shape ``[n_obs]`` (int64)."""
-        return _codes(adata, self.labels_key, self.labels_categories, "labels_key")
+        Args:
+            adata: The AnnData.
+            dtype: Integer dtype of the codes (``None``: the smallest of int16 / int32 /
+                int64 that holds them).
+        """
+        return _codes(adata, self.batch_key, self.batch_categories, "batch_key", dtype)
 
-    def covariate_codes(self, adata: Any) -> np.ndarray:
-        """Codes of the categorical covariates, shape ``[n_obs, n_cat_cov]`` (int64)."""
+    def labels_codes(self, adata: Any, dtype: Any = np.int64) -> np.ndarray:
+        """Label code of every cell, shape ``[n_obs]`` (``dtype`` as in :meth:`batch_codes`)."""
+        return _codes(adata, self.labels_key, self.labels_categories, "labels_key", dtype)
+
+    def covariate_codes(self, adata: Any, dtype: Any = np.int64) -> np.ndarray:
+        """Codes of the categorical covariates, shape ``[n_obs, n_cat_cov]`` (``dtype`` as in
+        :meth:`batch_codes`)."""
         cols = [
-            _codes(adata, k, self.covariate_categories[k], "categorical_covariate_keys")
+            _codes(adata, k, self.covariate_categories[k], "categorical_covariate_keys", dtype)
             for k in self.categorical_covariate_keys
         ]
-        return np.stack(cols, 1) if cols else np.zeros((adata.n_obs, 0), dtype=np.int64)
+        if cols:
+            return np.stack(cols, 1)
+        return np.zeros((adata.n_obs, 0), dtype=_code_dtype(0) if dtype is None else dtype)
 
     def continuous_covariates(self, adata: Any) -> np.ndarray:
         """The continuous covariates, shape ``[n_obs, n_cont_cov]`` (float32)."""
@@ -212,20 +221,60 @@ class AnnDataSetup:
                 category was not seen at set-up.
         """
         self.check_compatible(adata)
-        self.batch_codes(adata)
-        self.labels_codes(adata)
-        self.covariate_codes(adata)
+        self.batch_codes(adata, dtype=None)
+        self.labels_codes(adata, dtype=None)
+        self.covariate_codes(adata, dtype=None)
         return self
 
 
-def _codes(adata: Any, key: str | None, categories: Sequence[str], arg: str) -> np.ndarray:
+def _code_dtype(n_categories: int) -> np.dtype:
+    """The smallest of int16 / int32 / int64 that holds codes ``0 .. n_categories - 1``."""
+    for dtype in (np.int16, np.int32):
+        if n_categories <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _levels(column: pd.Series) -> tuple[list[str], np.ndarray]:
+    """``(names, inverse)``: the distinct values of ``column`` as strings and, per cell, the
+    position of its value among them (``-1``: missing).
+
+    No per-cell Python object is made: a categorical column gives its stored codes, any
+    other column is factorised by pandas' hash table (an atlas's ``obs`` column of a million
+    cells would otherwise become a million strings).
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
+    inverse, uniques = pd.factorize(column, use_na_sentinel=True)
+    return [str(v) for v in uniques], inverse
+
+
+_CELL_BLOCK = 2**16  # cells per step of the per-cell loops (bounded temporaries)
+
+
+def _lookup(table: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``table[inverse]`` in blocks of cells, so that no int64 copy of ``inverse`` (numpy's
+    index type) is made for all cells at once."""
+    out = np.empty(inverse.size, dtype=table.dtype)
+    for start in range(0, inverse.size, _CELL_BLOCK):
+        out[start : start + _CELL_BLOCK] = table[inverse[start : start + _CELL_BLOCK]]
+    return out
+
+
+def _codes(
+    adata: Any, key: str | None, categories: Sequence[str], arg: str, dtype: Any = np.int64
+) -> np.ndarray:
+    out_dtype = _code_dtype(len(categories)) if dtype is None else np.dtype(dtype)
     if key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64)
-    values = adata.obs[key].astype(str).to_numpy()
+        return np.zeros(adata.n_obs, dtype=out_dtype)
+    names, inverse = _levels(adata.obs[key])
     lookup = {c: i for i, c in enumerate(categories)}
-    codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    # the table's last entry is the code of a missing value (inverse -1): unknown
+    table = np.array([lookup.get(n, -1) for n in names] + [-1], dtype=out_dtype)
+    codes = _lookup(table, inverse)
     if (codes < 0).any():
-        unknown = sorted(set(values[codes < 0]))[:5]
+        seen = np.unique(inverse[codes < 0])
+        unknown = sorted({"nan" if i < 0 else names[i] for i in seen.tolist()})[:5]
         raise ValueError(
             f"`adata.obs[{key!r}]` ({arg}) has categories the model was not set up with: "
             f"{unknown}; known: {list(categories)[:10]}."
@@ -239,14 +288,16 @@ def _categories(adata: Any, key: str | None, arg: str) -> tuple[str, ...]:
     if key not in adata.obs:
         raise ValueError(f"`{arg}`={key!r} is not a column of `adata.obs`.")
     column = adata.obs[key]
-    if column.isna().any():
+    names, inverse = _levels(column)
+    if (inverse < 0).any():
         raise ValueError(f"`adata.obs[{key!r}]` ({arg}) has missing values.")
+    present = np.zeros(len(names), dtype=np.int64)
+    for start in range(0, inverse.size, _CELL_BLOCK):
+        present += np.bincount(inverse[start : start + _CELL_BLOCK], minlength=len(names))
+    used = [n for n, p in zip(names, (present > 0).tolist(), strict=True) if p]
     if isinstance(column.dtype, pd.CategoricalDtype):
-        present = set(column.astype(str))
-        cats = [str(c) for c in column.cat.categories if str(c) in present]
-    else:
-        cats = sorted({str(v) for v in column})
-    return tuple(cats)
+        return tuple(dict.fromkeys(used))  # category order, as scvi-tools
+    return tuple(sorted(set(used)))
 
 
 def get_counts(adata: Any, layer: str | None) -> Any:
@@ -330,17 +381,28 @@ def find_non_count(matrix: Any, where: str) -> str | None:
     return _first_bad(chunks(), where, locate)
 
 
+_BACKED_BLOCK = 2**18  # stored values per read of a backed matrix's check (1 MB of float32)
+
+
 def _backed_non_count(group: Any, fmt: str, where: str) -> str | None:
-    data, indptr = group["data"], np.asarray(group["indptr"][...])
-    step = 2**22
+    """:func:`find_non_count` of a backed sparse matrix, from its stored values.
+
+    The values are read in blocks of :data:`_BACKED_BLOCK` into one reused buffer, so the
+    memory of the check does not depend on the size of the matrix; the row pointers are
+    read only to locate a bad entry.
+    """
+    data = group["data"]
+    buffer = np.empty(min(_BACKED_BLOCK, max(int(data.shape[0]), 1)), dtype=data.dtype)
 
     def chunks() -> Any:
-        for start in range(0, data.shape[0], step):
-            yield start, np.asarray(data[start : start + step])
+        for start in range(0, data.shape[0], buffer.size):
+            n = min(buffer.size, data.shape[0] - start)
+            data.read_direct(buffer, np.s_[start : start + n], np.s_[0:n])
+            yield start, buffer[:n]
 
     def locate(start: int, first: tuple[int, ...]) -> tuple[int, int]:
         pos = start + int(first[0])
-        major = int(np.searchsorted(indptr, pos, side="right") - 1)
+        major = int(np.searchsorted(group["indptr"][...], pos, side="right") - 1)
         minor = int(group["indices"][pos])
         return (major, minor) if fmt == "csr" else (minor, major)
 
