@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sbi_vi.singlecell.zinb_kernel import zinb_log_likelihood_cpu
+
 __all__ = ["softmax_nb_log_likelihood"]
 
 _EPS = 1e-8  # as in distributions: log(θ + μ + ε) and log(θ + ε)
@@ -224,4 +226,7 @@ def softmax_nb_log_likelihood(
     inputs = (logits, log_library, theta, zi_logits)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         return _SoftmaxZINB.apply(x, logits, log_library.expand(lead), theta, zi_logits)
+    out = zinb_log_likelihood_cpu(x, logits, log_library, theta, zi_logits)
+    if out is not None and bool(torch.isfinite(out).all()):
+        return out
     return _zinb_forward(x, logits, log_library, theta, zi_logits)
