@@ -36,6 +36,7 @@ from sbi_vi.singlecell.nn import (
     CovariateBody,
     EmbeddingModuleMixin,
     FCLayers,
+    StackedHeads,
     batch_embedding,
     decoder_options,
     encoder_family,
@@ -366,6 +367,7 @@ class VAE(EmbeddingModuleMixin, nn.Module):
         batch: CellBatch,
         *,
         transform_batch: Tensor | None = None,
+        heads: StackedHeads | None = None,
     ) -> Distribution:
         """p(x | z, ℓ) with parameters ``[*S, B, G]`` for ``z`` ``[*S, B, n_latent]``.
 
@@ -374,6 +376,8 @@ class VAE(EmbeddingModuleMixin, nn.Module):
             log_library: ``log ℓ``, broadcastable to ``[*S, B]``.
             batch: The cells (their batch codes and covariates).
             transform_batch: Decode as if every cell were in this batch (codes ``[B]``).
+            heads: :meth:`stacked_heads` of this module, for inference (no gradient): the
+                output layers as one matrix product.
         """
         lead = z.shape[:-1]
         batch_index = batch.batch_index if transform_batch is None else transform_batch
@@ -387,12 +391,14 @@ class VAE(EmbeddingModuleMixin, nn.Module):
             inputs.append(embedded.repeat(reps, 1))
         codes = [c.repeat(reps) for c in self._codes(batch_index, batch)]
         h = self.decoder(torch.cat(inputs, -1) if len(inputs) > 1 else flat, codes)
-        logits = self.px_scale_decoder(h).reshape(*lead, self.n_input)
+        outputs = iter(heads(h) if heads is not None else [f(h) for f in self.head_layers()])
+        logits = next(outputs).reshape(*lead, self.n_input)
+        raw_theta = next(outputs) if self.dispersion == "gene-cell" else None
         if self.gene_likelihood == "poisson":
             px_scale, mu = self._scale_and_mean(logits, log_library)
             return Poisson(mu, scale=px_scale)
-        if self.dispersion == "gene-cell":
-            theta = torch.exp(self.px_r_decoder(h)).reshape(*lead, self.n_input)
+        if raw_theta is not None:
+            theta = torch.exp(raw_theta).reshape(*lead, self.n_input)
         elif self.dispersion == "gene":
             theta = torch.exp(self.px_r[:, 0])
         else:
@@ -403,7 +409,7 @@ class VAE(EmbeddingModuleMixin, nn.Module):
             return NormalLikelihood(mu, theta, px_scale)
         zi_logits = None
         if self.px_dropout_decoder is not None:
-            zi_logits = self.px_dropout_decoder(h).reshape(*lead, self.n_input)
+            zi_logits = next(outputs).reshape(*lead, self.n_input)
         if self.use_size_factor_key:  # softplus scale: μ formed explicitly
             px_scale, mu = self._scale_and_mean(logits, log_library)
             if zi_logits is None:
@@ -414,6 +420,21 @@ class VAE(EmbeddingModuleMixin, nn.Module):
         return ZeroInflatedNegativeBinomial(
             None, theta, zi_logits, logits=logits, log_library=log_library
         )
+
+    def head_layers(self) -> list[nn.Linear]:
+        """The decoder's output layers: ``px_scale_decoder``, then ``px_r_decoder``
+        (``dispersion="gene-cell"``) and ``px_dropout_decoder`` (ZINB) where they exist."""
+        layers = (
+            self.px_scale_decoder,
+            getattr(self, "px_r_decoder", None),
+            self.px_dropout_decoder,
+        )
+        return [layer for layer in layers if layer is not None]
+
+    def stacked_heads(self) -> StackedHeads:
+        """The output layers as one matrix product (:class:`~sbi_vi.singlecell.nn.StackedHeads`)
+        for :meth:`generative` without gradients; make a new one after the weights change."""
+        return StackedHeads(self.head_layers())
 
     def _scale_and_mean(self, logits: Tensor, log_library: Tensor) -> tuple[Tensor, Tensor]:
         """``(ρ, ℓ ρ)``: ρ the softmax of the logits, or their softplus with size factors."""
@@ -441,6 +462,7 @@ class VAE(EmbeddingModuleMixin, nn.Module):
         path_derivative: bool = False,
         q: Distribution | None = None,
         gamma_terms: Tensor | None = None,
+        heads: StackedHeads | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Distribution]:
         """Draw ``n_particles`` latents per cell and evaluate every log density.
 
@@ -451,6 +473,7 @@ class VAE(EmbeddingModuleMixin, nn.Module):
             q: The encoder's ``q(u | x)`` of these cells, if already computed.
             gamma_terms: The likelihood's μ-free terms of these cells (see the
                 distributions' ``gamma_terms``), if already computed and shared by the draws.
+            heads: :meth:`stacked_heads`, for inference (see :meth:`generative`).
 
         Returns:
             ``(log_px, log_prior, log_q, log_q_grad, px)``: ``log p(x | z, ℓ)``,
@@ -465,7 +488,7 @@ class VAE(EmbeddingModuleMixin, nn.Module):
             detached_log_prob(self.encoder, u, context.detach()) if path_derivative else None
         )
         z, log_library = self.split(u, batch)
-        px = self.generative(z, log_library, batch)
+        px = self.generative(z, log_library, batch, heads=heads)
         log_px = px.log_prob_sum(batch.x, gamma_terms=gamma_terms)
         return log_px, self.log_prior(u, batch), log_q, log_q_grad, px
 

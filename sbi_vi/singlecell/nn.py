@@ -26,6 +26,7 @@ __all__ = [
     "EmbeddingKeyError",
     "EmbeddingModuleMixin",
     "FCLayers",
+    "StackedHeads",
     "batch_embedding",
     "decoder_options",
     "encoder_family",
@@ -148,6 +149,44 @@ class FCLayers(nn.Module):
             h = layer(h, cats if inject else (), cont if inject else None)
             h = self.dropout(activation(norm(h)))
         return h
+
+
+class StackedHeads:
+    """Linear output layers over one input evaluated as one matrix product, biases folded in.
+
+    ``[h, 1] @ [[W_1, b_1], [W_2, b_2], ...]ᵀ`` gives every layer's output at once: one
+    pass of the weights through the cache instead of one per layer, and no separate pass
+    that broadcasts each bias into its output before the product (``addmm``'s first step,
+    about a third of its time for scVI's ``[384, 128] × [128, 2500]`` heads). The outputs
+    are column blocks (views) of one ``[N, Σ out]`` tensor. The weights are copied when the
+    object is made and carry no gradient: it serves inference over layers that do not change
+    meanwhile; make a new one after the layers change.
+
+    Args:
+        layers: ``nn.Linear`` layers with the same ``in_features``.
+
+    Example:
+        >>> layers = [nn.Linear(4, 3), nn.Linear(4, 2)]
+        >>> h = torch.randn(5, 4)
+        >>> a, b = StackedHeads(layers)(h)
+        >>> bool(torch.allclose(a, layers[0](h), atol=1e-6)), b.shape
+        (True, torch.Size([5, 2]))
+    """
+
+    def __init__(self, layers: Sequence[nn.Linear]):
+        with torch.no_grad():
+            blocks = []
+            for layer in layers:
+                n_out = layer.out_features
+                bias = layer.weight.new_zeros(n_out) if layer.bias is None else layer.bias
+                blocks.append(torch.cat([layer.weight, bias.reshape(n_out, 1)], 1))
+            self.weight = torch.cat(blocks)  # [Σ out, in + 1]
+        self.sizes = [layer.out_features for layer in layers]
+
+    def __call__(self, h: Tensor) -> tuple[Tensor, ...]:
+        """``h`` ``[N, in]`` → each layer's output ``[N, out_i]``."""
+        ones = h.new_ones(*h.shape[:-1], 1)
+        return torch.cat([h, ones], -1).matmul(self.weight.T).split(self.sizes, -1)
 
 
 class CovariateBody(nn.Module):

@@ -47,11 +47,12 @@ class VAEMixin(BaseSingleCellModel):
         module = self.module
         module.eval()
         q = module.q(cells)  # the encoder once; the draws come in chunks
+        heads = module.stacked_heads()  # the decoder's output layers as one product
         gamma = None
         parts = []
         for size in _particle_chunks(n_samples, cells.x.shape[0], self.setup.n_vars):
             log_px, log_prior, log_q, _, px = module.log_densities(
-                cells, size, q=q, gamma_terms=gamma
+                cells, size, q=q, gamma_terms=gamma, heads=heads
             )
             parts.append(log_px + log_prior - log_q)
             theta = getattr(px, "_theta", None)
