@@ -146,7 +146,8 @@ class ImproperUniform(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         batch = value.shape[: value.dim() - len(self.event_shape)]
-        shape = torch.broadcast_shapes(batch, self.batch_shape)
+        own = self.batch_shape
+        shape = batch if not own or own == batch else torch.broadcast_shapes(batch, own)
         return torch.zeros((), dtype=value.dtype, device=value.device).expand(shape)
 
     def sample(self, sample_shape: Any = ()) -> Tensor:

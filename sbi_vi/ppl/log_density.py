@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sbi_vi.ppl.fast_log_prob import log_prob
 from sbi_vi.ppl.runtime import Message, PlateFrame
 
 __all__ = [
@@ -51,7 +52,7 @@ def site_log_prob(msg: Message) -> Tensor:
             names the site, its plates, the shapes, and NaN/inf or support violations.
     """
     try:
-        lp = msg.fn.log_prob(msg.value)
+        lp = log_prob(msg.fn, msg.value)
     except (ValueError, RuntimeError, TypeError, IndexError) as err:
         raise SiteLogProbError(_message(msg, err), msg.name) from err
     mask = msg.mask

@@ -26,7 +26,7 @@ def _subsample_indices(size: int, subsample_size: int) -> Tensor:
     ~6 µs on CPU, the iid route ~50 µs).
     """
     if subsample_size >= size:
-        return torch.arange(size)
+        return _full_indices(size)
     if size <= 65_536 or size < 16 * subsample_size:
         return torch.randperm(size)[:subsample_size]
     extra = 2 * subsample_size * subsample_size // size + 16
@@ -39,6 +39,20 @@ def _subsample_indices(size: int, subsample_size: int) -> Tensor:
 
 _TARGETS: dict[tuple[tuple[int, ...], tuple[PlateFrame, ...]], tuple[int, ...]] = {}
 """Broadcast batch shapes by (distribution batch shape, enclosing plates): a pure function."""
+
+
+_FULL: dict[int, Tensor] = {}
+
+
+def _full_indices(size: int) -> Tensor:
+    """``torch.arange(size)``, one cached tensor per size (a model builds its plates anew
+    every step; the indices of a plate that is not subsampled never change)."""
+    indices = _FULL.get(size)
+    if indices is None:
+        if len(_FULL) >= 64:
+            _FULL.clear()
+        indices = _FULL[size] = torch.arange(size)
+    return indices
 
 
 @functools.lru_cache(maxsize=1024)

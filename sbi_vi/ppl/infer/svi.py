@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_float, check_positive_int
 from sbi_vi.diagnostics.psis import PSISResult
@@ -17,6 +18,7 @@ from sbi_vi.ppl.handlers import seed as seed_handler
 from sbi_vi.ppl.infer.autoguides.base import AutoGuide
 from sbi_vi.ppl.infer.averaging import TailAverage, check_average
 from sbi_vi.ppl.infer.objective import Objective
+from sbi_vi.ppl.infer.optim import LeanAdam
 from sbi_vi.ppl.infer.quality import check_diverged
 from sbi_vi.ppl.infer.quality import quality_control as run_quality_control
 from sbi_vi.ppl.params import ParamStore
@@ -47,7 +49,8 @@ class SVI:
         guide: An autoguide (``AutoNormal(model)``, ...) or a guide function with the
             model's signature that samples every latent site of the model.
         optimizer: A ``torch.optim.Optimizer`` class (built with ``lr``), or a factory
-            ``optimizer(params) -> Optimizer``; ``None``: Adam.
+            ``optimizer(params) -> Optimizer``; ``None``: Adam (:class:`LeanAdam`, torch's
+            fused Adam kernel called without its per-step Python layer).
         lr: Learning rate of the optimizer class (constant unless ``scheduler``).
         divergence: ``"rKL"``, ``"IW"``, ``"alpha"``, ``"fKL"`` or a ``Divergence``.
         n_particles: Particles per step (for IW: bounds of ``K`` particles each).
@@ -172,7 +175,7 @@ class SVI:
                 self.optimizer, self.scheduler = make_optimizer(
                     params,
                     learning_rate=self.lr,
-                    optimizer=spec,
+                    optimizer=LeanAdam if spec is None else spec,
                     scheduler=scheduler,
                     scheduler_kwargs=self.scheduler_kwargs,
                 )
@@ -300,7 +303,7 @@ class SVI:
                 averager = TailAverage(self._parameters(), start, self.scheduler)
                 scheduler = averager
             history = fit(
-                lambda: self._loss(args, kwargs),
+                _RunLoss(self, args, kwargs),
                 self.optimizer,  # type: ignore[arg-type]
                 scheduler=scheduler,
                 max_num_iters=num_steps,
@@ -354,6 +357,27 @@ class SVI:
             f"SVI({model}, {self.guide!r}, divergence={self.divergence!r}, "
             f"n_particles={self.n_particles}, lr={self.lr})"
         )
+
+
+class _RunLoss:
+    """The loss closure of one run: the first step as torch is configured, the rest with
+    distribution argument validation off (:func:`~sbi_vi.ppl.fast_log_prob.validation_off`:
+    the first step has checked the same model on the same data)."""
+
+    def __init__(self, svi: SVI, args: tuple, kwargs: dict) -> None:
+        self.svi, self.args, self.kwargs = svi, args, kwargs
+        self.checked = False
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        if not self.checked:
+            self.checked = True
+            return self.svi._loss(self.args, self.kwargs)
+        previous = Distribution._validate_args  # validation_off(), minus a generator
+        Distribution._validate_args = False
+        try:
+            return self.svi._loss(self.args, self.kwargs)
+        finally:
+            Distribution._validate_args = previous
 
 
 @dataclass(frozen=True, eq=False)
