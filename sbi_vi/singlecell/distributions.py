@@ -356,8 +356,11 @@ def _gamma_terms(x: Tensor, theta: Tensor) -> Tensor:
     (:class:`_PerGeneGammaRowSums`): one gather per entry instead of two gamma functions
     and their digamma gradients; larger counts are corrected exactly (autograd on those
     entries only). Other θ shapes go through :func:`_nonzero_terms`. ``x`` must hold
-    whole numbers.
+    whole numbers. Off the CPU the three gamma functions run on every entry: both shortcuts
+    read sizes back to the host (``nonzero``), a synchronisation per training step there.
     """
+    if x.device.type != "cpu":
+        return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)).sum(-1)
     if theta.dim() != 1:
         return _nonzero_terms(x, theta)
     k = _TABLE_COUNTS

@@ -149,3 +149,15 @@ def test_nb_sample_matches_the_scipy_pmf():
         keep = expected > 5
         chi2 = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
         assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3, (m, t, chi2)
+
+
+@pytest.mark.parametrize("theta_shape", [(6,), (4, 6)])
+def test_gamma_terms_off_the_cpu_read_nothing_back_to_the_host(theta_shape):
+    # the meta device has no data: `nonzero` (a host synchronisation on a GPU) would raise
+    from sbi_vi.singlecell.distributions import _gamma_terms
+
+    x = torch.poisson(torch.rand(4, 6) * 40)
+    theta = torch.rand(*theta_shape) + 0.5
+    assert _gamma_terms(x.to("meta"), theta.to("meta")).shape == (4,)
+    direct = torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+    torch.testing.assert_close(_gamma_terms(x, theta), direct.sum(-1))
