@@ -209,7 +209,9 @@ def softmax_nb_log_likelihood(
         zi_logits: Zero-inflation logits ``π``, the shape of ``logits`` (ZINB), or ``None``.
 
     Returns:
-        ``[*S, B]``; add ``_gamma_terms(x, θ)`` for the log-likelihood.
+        ``[*S, B]``; add ``_gamma_terms(x, θ)`` for the log-likelihood. Without gradients,
+        float32 ZINB on the CPU is one compiled kernel
+        (:mod:`~sbi_vi.singlecell.zinb_kernel`), other ZINB inference :func:`_zinb_forward`.
 
     Example:
         >>> from sbi_vi.singlecell.distributions import log_nb
