@@ -163,6 +163,7 @@ def child(package: str, mode: str, path: str, epochs: int, max_steps: int | None
     row["read_wall_s"], row["read_cpu_s"] = time.perf_counter() - wall, time.process_time() - cpu
     row["n_cells"], row["n_genes"] = int(adata.n_obs), int(adata.n_vars)
     row["rss_read_mb"] = _rss_mb()
+    row["peak_read_mb"] = _peak_mb()  # anndata's own transient peak while reading
     wall, cpu = time.perf_counter(), time.process_time()
     SCVI.setup_anndata(adata, batch_key="batch")
     model = SCVI(adata)
@@ -228,26 +229,32 @@ def run_one(package: str, mode: str, path: Path, args: argparse.Namespace) -> di
 
 # ---------------------------------------------------------------------------- report
 def report(path: Path) -> str:
-    """The latest row of each (cells, mode, package) as a markdown table."""
+    """The latest row of each (cells, mode, package, max_steps) as a markdown table.
+
+    "over read" is the peak RSS minus the RSS after ``read_h5ad``: what set-up, model and
+    training add to what anndata holds (``obs``, the cell names) for the same AnnData.
+    """
     latest: dict[tuple, dict] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         row = json.loads(line)
-        latest[(row.get("n_cells"), row["mode"], row["package"])] = row
+        latest[(row.get("n_cells"), row["mode"], row["package"], row.get("max_steps"))] = row
     head = (
-        "| package | mode | cells | peak RSS MB | RSS after read / set-up MB | train CPU s "
-        "| train wall s | cells / CPU-s | cells / wall-s | elbo_train |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| package | mode | cells | steps | peak RSS MB | RSS after imports / read / set-up MB "
+        "| peak over read MB | train CPU s | train wall s | cells / CPU-s | cells / wall-s |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
-    for (n, mode, package), r in sorted(latest.items(), key=lambda kv: str(kv[0])):
+    for (n, mode, package, steps), r in sorted(latest.items(), key=lambda kv: str(kv[0])):
         if r.get("error"):
-            lines.append(f"| {package} | {mode} | {n} | error: {r['error'][-160:]!r} ||||||| |")
+            lines.append(f"| {package} | {mode} | {n} | error: {r['error'][-160:]!r} |||||||| |")
             continue
+        n_steps = steps or math.ceil(r["n_cells"] / BATCH_SIZE) * r["epochs"]
         lines.append(
-            f"| {package} | {mode} | {n} | {r['peak_rss_mb']:.0f} | {r['rss_read_mb']:.0f} / "
-            f"{r['rss_setup_mb']:.0f} | {r['train_cpu_s']:.1f} | {r['train_wall_s']:.1f} "
-            f"| {r['cells_per_cpu_s']:.0f} | {r['cells_per_wall_s']:.0f} "
-            f"| {r['elbo_train_last'] or float('nan'):.1f} |"
+            f"| {package} | {mode} | {n:,} | {n_steps:,} | {r['peak_rss_mb']:.0f} "
+            f"| {r['rss_imports_mb']:.0f} / {r['rss_read_mb']:.0f} / {r['rss_setup_mb']:.0f} "
+            f"| {r['peak_rss_mb'] - r['rss_read_mb']:.0f} | {r['train_cpu_s']:.1f} "
+            f"| {r['train_wall_s']:.1f} | {r['cells_per_cpu_s']:.0f} "
+            f"| {r['cells_per_wall_s']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -272,12 +272,12 @@ class _FileArray:
         return out
 
 
-def _h5py_rows(group: Any, reader: CSRFileRows, rows: np.ndarray) -> np.ndarray:
+def _h5py_rows(group: Any, n_cols: int, rows: np.ndarray) -> np.ndarray:
     """The ``rows`` of the matrix read by h5py (the reference the direct reads must match;
-    not through anndata's backed matrix, which would cache all row pointers as well)."""
-    out = np.zeros((len(rows), reader.shape[1]), dtype=np.float32)
+    not through anndata's backed matrix, which would cache all row pointers)."""
+    out = np.zeros((len(rows), n_cols), dtype=np.float32)
     for i, row in enumerate(rows.tolist()):
-        start, stop = int(reader.indptr[row]), int(reader.indptr[row + 1])
+        start, stop = (int(v) for v in group["indptr"][row : row + 2])
         out[i, group["indices"][start:stop]] = group["data"][start:stop]
     return out
 
@@ -285,11 +285,12 @@ def _h5py_rows(group: Any, reader: CSRFileRows, rows: np.ndarray) -> np.ndarray:
 class CSRFileRows:
     """Rows of a backed CSR matrix read straight from its HDF5 file.
 
-    Only the row pointers (``indptr``, 4 bytes per cell as anndata stores them below 2³¹
-    stored values, else 8) are held in memory; each read
-    asks the file (and the operating system's page cache) for the bytes of the
-    requested rows of ``data`` and ``indices``, with one ``os.preadv`` per row (per chunk
-    it crosses). Use :meth:`open`, which declines matrices this cannot read.
+    Nothing per cell is held in memory, only where the chunks of ``data``, ``indices`` and
+    ``indptr`` lie in the file; each read asks the file (and the operating system's page
+    cache) for the two row pointers of each requested row, then for the bytes of its
+    ``data`` and ``indices``, with one ``os.preadv`` each per row (per chunk it crosses).
+    An atlas's row pointers would otherwise be 4–8 bytes per cell in memory. Use
+    :meth:`open`, which declines matrices this cannot read.
 
     Args:
         group: The h5py group of the matrix (``data``, ``indices``, ``indptr``).
@@ -300,11 +301,8 @@ class CSRFileRows:
         self.shape = (int(shape[0]), int(shape[1]))
         self._data = _FileArray(group["data"])
         self._indices = _FileArray(group["indices"])
-        indptr = np.asarray(group["indptr"][:])
-        if indptr.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
-            indptr = indptr.astype(np.int64)
-        self.indptr = indptr
-        if self.indptr.shape != (self.shape[0] + 1,):
+        self._indptr = _FileArray(group["indptr"])
+        if self._indptr.size != self.shape[0] + 1 or self._indptr.dtype.kind not in "iu":
             raise ValueError("indptr does not match the shape")
         self._fd = os.open(group.file.filename, os.O_RDONLY)
         self._closer = weakref.finalize(self, os.close, self._fd)
@@ -322,7 +320,8 @@ class CSRFileRows:
                 return None
             reader = cls(group, matrix.shape)
             probe = np.unique(np.linspace(0, reader.shape[0] - 1, 3).astype(np.int64))
-            if not np.array_equal(reader.dense(probe), _h5py_rows(group, reader, probe)):
+            expected = _h5py_rows(group, reader.shape[1], probe)
+            if not np.array_equal(reader.dense(probe), expected):
                 return None
             return reader
         except (AttributeError, KeyError, OSError, TypeError, ValueError):
@@ -331,8 +330,8 @@ class CSRFileRows:
     def csr(self, idx: np.ndarray) -> sp.csr_matrix:
         """The rows ``idx`` (any order, repeats allowed) as a CSR matrix."""
         idx = np.asarray(idx, dtype=np.int64)
-        starts = self.indptr[idx].astype(np.int64)
-        stops = self.indptr[idx + 1].astype(np.int64)
+        bounds = self._indptr.read(self._fd, idx, idx + 2).reshape(-1, 2).astype(np.int64)
+        starts, stops = bounds[:, 0], bounds[:, 1]
         data = self._data.read(self._fd, starts, stops)
         indices = self._indices.read(self._fd, starts, stops)
         indptr = np.concatenate([[0], np.cumsum(stops - starts)])
