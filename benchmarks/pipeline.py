@@ -262,13 +262,16 @@ class Problem:
 
 
 def sbi_prior_like(prior: Any) -> Any:
-    """sbi's ``BoxUniform`` with the bounds of the task's (sbi_vi) ``BoxUniform``."""
+    """sbi's ``BoxUniform`` with the bounds of the task's (sbi_vi) ``BoxUniform``; any other
+    torch ``Distribution`` (e.g. gaussian_linear's Gaussian) as it is, which sbi accepts."""
     from sbi.utils import BoxUniform as SbiBoxUniform
 
     from sbi_vi.priors import BoxUniform
 
     if isinstance(prior, BoxUniform):
         return SbiBoxUniform(prior.low.clone(), prior.high.clone())
+    if isinstance(prior, torch.distributions.Distribution):
+        return prior
     raise TypeError(f"No sbi equivalent known for prior {prior!r}.")
 
 
