@@ -16,7 +16,8 @@ Posteriors (posteriordb name, reference: the collection's 10 x 1,000 NUTS draws)
   its coefficients, 4 params;
 - ``arK``: ``arK-arK``, an AR(5) model, 7 params;
 - ``gp_pois``: ``gp_pois_regr-gp_pois_regr``, a latent GP with Poisson counts (compared on
-  ``f = L f_tilde``; jitter 1e-5 instead of Stan's 1e-10, which float32 Cholesky cannot take),
+  ``f = L f_tilde``; jitter ``1e-4 alpha² + 1e-6`` instead of Stan's 1e-10, which float32
+  Cholesky cannot take when a draw has a long length scale),
   13 params;
 - ``diamonds``: ``diamonds-diamonds``, a badly conditioned 26-parameter regression (brms).
 
@@ -150,7 +151,7 @@ def gp_pois(b: Any, sq_dist: torch.Tensor, k: torch.Tensor) -> None:
     with b.plate("obs", k.shape[0]):
         f_tilde = b.sample("f_tilde", b.Normal(0.0, 1.0))
         cov = alpha[..., None] ** 2 * torch.exp(-0.5 * sq_dist / rho[..., None] ** 2)
-        cov = cov + 1e-5 * torch.eye(k.shape[0])
+        cov = cov + (1e-4 * alpha[..., None] ** 2 + 1e-6) * torch.eye(k.shape[0])
         f = b.deterministic("f", (torch.linalg.cholesky(cov) @ f_tilde[..., None]).squeeze(-1))
         b.sample("k", b.Poisson(f.exp()), obs=k)
 

@@ -10,6 +10,7 @@ plate dim, so every site comes back in its full plain shape.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from sbi_vi._checks import check_positive_int
 from sbi_vi.diagnostics.psis import MAX_KHAT, psis
+from sbi_vi.errors import QualityWarning
 from sbi_vi.ppl.infer.draws import (
     posterior_samples_and_log_weights,
     resolve_obs_plate,
@@ -265,6 +267,16 @@ def sample_posterior(
         if why_not is None and log_w is None and batch_size is not None:
             why_not = "batch_size splits the observation plate: no draw is joint"
         weights, flag, khat = _psis_weights(log_w, why_not)
+        if weights is None and khat is not None:
+            warnings.warn(
+                f"importance-weighted summaries were asked for, but PSIS k-hat = {khat:.2f} > "
+                f"{MAX_KHAT}: the guide is too far from the posterior for the weights to "
+                "correct it, so these are the guide's own (unweighted) summaries and should "
+                "not be trusted as posterior summaries. Train longer or use a more flexible "
+                "guide (summary['weighting'] says what was done).",
+                QualityWarning,
+                stacklevel=3,
+            )
     if weights is not None:
         per_site = {s: weighted_summaries(v, weights) for s, v in samples.items()}
         results: dict[str, Any] = {

@@ -18,6 +18,7 @@ from ppl_infer_models import (
 )
 from scipy import stats
 
+from sbi_vi.errors import QualityWarning
 from sbi_vi.ppl.infer import SVI, AutoNormal
 from sbi_vi.ppl.infer.summary import weighted_quantile, weighted_summaries
 
@@ -72,7 +73,8 @@ def test_no_weighting_when_khat_is_too_large(off_fit):
         loc.fill_(mean + 3 * sd)
         raw.fill_(math.log(math.expm1(0.5 * sd)))  # far off and too narrow: k-hat >> 0.7
     try:
-        out = result.sample_posterior(num_samples=500, seed=0, importance_weighted=True)
+        with pytest.warns(QualityWarning, match="k-hat = .* > 0.7"):
+            out = result.sample_posterior(num_samples=500, seed=0, importance_weighted=True)
         plain = result.sample_posterior(num_samples=500, seed=0)
     finally:
         with torch.no_grad():
