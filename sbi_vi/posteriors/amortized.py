@@ -104,6 +104,7 @@ class AmortizedFit:
 
     origin = "the amortised q(θ | x) of train_amortized()"
     status = "amortised over x"
+    metrics = ("psis",)
     trained = True
 
     def __init__(self, q: ConditionalQ):

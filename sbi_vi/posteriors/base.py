@@ -112,6 +112,7 @@ class PosteriorBase:
     _device: str
     _x: Tensor | None
     _x_shape: Size | None
+    _x_shape_given: Size | None = None
     _fitted: Any
 
     @property
@@ -120,16 +121,38 @@ class PosteriorBase:
         return self._x
 
     def set_default_x(self, x: Tensor) -> Self:
-        """Set the default observation (``[L]`` or ``[N, L]`` iid rows); chainable."""
+        """Set the default observation (``[L]`` or ``[N, L]`` iid rows), or a batch of
+        observations ``[B, L]`` (see :meth:`_is_batch`); chainable."""
         self._x = self._check_x(x)
         return self
+
+    def _is_batch(self, x: Tensor) -> bool:
+        """Whether the checked ``x`` ``[N, L]`` is a batch of N observations, not N iid rows.
+
+        The convention (sbi's: an observation carries a batch dim of 1): on a posterior
+        built with ``x_shape`` ``[L]`` or ``[1, L]`` (one observation is one row), x with
+        N ≥ 2 rows is a batch of N observations. Without ``x_shape`` (or with ``[n, L]``,
+        n ≥ 2: an observation of n iid rows), the rows of x are iid rows of one observation.
+        """
+        shape = getattr(self, "_x_shape_given", None)
+        return (
+            shape is not None and len(shape) >= 1 and shape[:-1].numel() == 1 and (x.shape[0] >= 2)
+        )
 
     def potential(
         self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
     ) -> Tensor:
-        """The unnormalised log posterior log p̃(θ | x) (default x: :attr:`default_x`)."""
+        """The unnormalised log posterior log p̃(θ | x) (default x: :attr:`default_x`).
+
+        For a batch of B observations x (:meth:`_is_batch`), θ ``[*, B, D]`` is paired with
+        the rows of x and the result is ``[*, B]``.
+        """
         theta = self._check_theta(theta)
-        self.potential_fn.set_x(self._resolve_x(x))
+        x = self._resolve_x(x)
+        if self._is_batch(x):
+            self.potential_fn.set_x(x, x_is_iid=False)
+        else:
+            self.potential_fn.set_x(x)
         return self.potential_fn(theta, track_gradients=track_gradients)
 
     # ------------------------------------------------------------------ persistence

@@ -7,8 +7,13 @@ A posterior is trained in one of several ways, and what it can answer depends on
   that a later ``train()`` resumes.
 - :class:`~sbi_vi.posteriors.amortized.AmortizedFit` — q(θ | x) trained on simulated pairs
   (``train_amortized(theta, x)``): serves any x, one observation or a batch ``[B, L]``.
+- :class:`~sbi_vi.posteriors.batched.BatchedFit` — B independent q_b(θ) for a batch of
+  observations ``X`` ``[B, L]`` fitted in one vectorised run (``train(x=X)`` on a posterior
+  built with ``x_shape`` ``[L]`` or ``[1, L]``): a family with a batch of B parameter sets,
+  answering with the return shapes of :class:`AmortizedFit` (``[n, B, D]`` draws, ``[B]``
+  k-hat and evidence), so code written for one works with the other.
 
-Both implement :class:`FittedQ`, and ``VIPosterior`` holds one of them and delegates every
+All implement :class:`FittedQ`, and ``VIPosterior`` holds one of them and delegates every
 use of q to it (``sample``, ``sample_batched``, ``log_prob``, ``evaluate``, the initial
 points of ``map``, ``refine``), instead of branching on a mode in every method. The public
 methods keep the checks that do not depend on the fit (``sample_shape``, ``N``, the metric's
@@ -16,26 +21,11 @@ name, the MAP's cache) and pass the posterior itself as ``post``: its checks of 
 default x, potential and prior (:class:`~sbi_vi.posteriors.base.PosteriorBase`). No fit
 imports the posterior class, so the package has no import cycle.
 
-How a third way plugs in — ``BatchedFit``, B independent q's for a batch of observations
-``X`` of shape ``[B, L]`` fitted in one vectorised run (``train(x=X)``):
-
-- a ``BatchedFit(family, X)`` holding a family with a batch of B parameter sets; its
-  ``sample((n,), x, post)`` returns ``[n, B, D]`` (x ``None`` or equal to ``X``, checked as
-  :class:`SingleFit` checks its x_o), ``log_prob`` scores θ ``[N, D]`` or ``[N, B, D]`` under
-  each q_b, ``importance_draws`` gives ``[N, B]`` log p̃ / log q, and ``evaluate`` packs them per
-  observation with :func:`~sbi_vi.posteriors.amortized.per_observation_quality` (and
-  ``importance_draws`` the θ behind them, ``[N, B, D]``, for ``log_evidence`` and
-  ``sample(method="sir")``, which then work per observation unchanged) — the
-  return shapes of :class:`AmortizedFit`, so code written for one works with the other;
-  ``map_inits`` returns the draws of the q_b of the one observation asked for;
-- ``VIPosterior.train`` builds a ``BatchedFit`` instead of training its ``SingleFit`` when x
-  is a batch of B observations, and serves it through ``_replace_fit`` as it serves the
-  others — a choice at the one place a fit is made, not in the methods that use it, which
-  stay as they are. (Today ``[N, L]`` means N iid rows of one observation, so how a user
-  says "B observations" is the engine issue's decision: ``x_shape`` with a batch dim, or
-  an argument of ``train``.) Its training can reuse :meth:`SingleFit.fit`'s structure:
-  :func:`~sbi_vi.posteriors.rollback.restored_on_failure` works on any state with
-  ``family``, ``warm``, ``optimizer``, ``scheduler`` and ``optimizer_key``.
+``VIPosterior.train`` chooses the fit at the one place a fit is made
+(``VIPosterior._fit_for``: the single fit for one observation, a ``BatchedFit`` for a batch)
+and serves it through ``_replace_fit`` as it serves the others; the methods that use q stay
+as they are. ``metrics`` declares which quality-control metrics a fit's ``evaluate``
+accepts, so ``train`` refuses an unavailable one before training.
 """
 
 from __future__ import annotations
@@ -62,6 +52,9 @@ class FittedQ(Protocol):
 
     origin: str
     """What was fitted, for the warning when another training replaces it."""
+
+    metrics: tuple[str, ...]
+    """The quality-control metrics ``evaluate`` accepts (checked before a training)."""
 
     @property
     def module(self) -> nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
+import torch
 from torch import Size, Tensor
 
 from sbi_vi._checks import check_choice, check_positive_int
@@ -208,10 +209,30 @@ class FittedPosterior(PosteriorBase):
         Starts from the ``num_to_optimize`` best of ``num_init_samples`` draws from q
         (``proposal``/``posterior``) or the prior, or from a given tensor ``[N, D]``.
 
+        For a batch of observations x ``[B, L]`` (:meth:`_is_batch`: a posterior built with
+        ``x_shape`` ``[L]`` or ``[1, L]``), the MAP of each, from the draws of its own q.
+
         Returns:
-            The MAP, shape ``[D]``.
+            The MAP, shape ``[D]`` (``[B, D]`` for a batch of observations).
         """
         x = self._resolve_x(x)
+        if self._is_batch(x):
+            return torch.stack(
+                [
+                    self.map(
+                        x[b : b + 1],
+                        num_iter,
+                        num_to_optimize,
+                        learning_rate,
+                        init_method,
+                        num_init_samples,
+                        save_best_every,
+                        show_progress_bars,
+                        force_update,
+                    )
+                    for b in range(x.shape[0])
+                ]
+            )
         key = x.detach().cpu().numpy().tobytes()
         if key in self._map_cache and not force_update:
             return self._map_cache[key]

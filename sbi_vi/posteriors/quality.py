@@ -66,7 +66,9 @@ def is_reliable(result: object) -> bool:
     For PSIS both k-hat ≤ 0.7 and ESS ≥ 1 % of the draws are required: a k-hat near the
     threshold with a handful of effective samples still means q missed mass.
     """
-    if hasattr(result, "reliable"):
+    if hasattr(result, "unreliable"):  # per observation: the verdict includes the ESS
+        flag = result.reliable
+    elif hasattr(result, "reliable"):
         flag = result.reliable
         ess = torch.as_tensor(result.ess) / result.n_particles
         flag = torch.as_tensor(flag) & (ess >= MIN_ESS_FRACTION)
@@ -77,6 +79,13 @@ def is_reliable(result: object) -> bool:
 
 def summarise(result: object) -> str:
     """One line describing a PSIS or prop result."""
+    if hasattr(result, "unreliable"):  # per observation
+        bad = result.unreliable.tolist()
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        return (
+            f"PSIS k-hat per observation: max {float(result.khat.max()):.3f}; "
+            f"{len(bad)} of {result.khat.numel()} unreliable (observations {shown})."
+        )
     if hasattr(result, "khat"):
         return f"PSIS k-hat = {float(result.khat):.3f}, ESS = {float(result.ess):.0f}."
     return f"prop = {float(result.value):.3f} ({result.interpretation})."

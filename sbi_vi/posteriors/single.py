@@ -27,7 +27,7 @@ from sbi_vi.vi.families import Family
 from sbi_vi.vi.fit import ConvergenceCheck, FitResult, make_optimizer
 from sbi_vi.vi.tempering import annealed_fit
 
-__all__ = ["SingleFit"]
+__all__ = ["SingleFit", "prepare_optimizer"]
 
 
 class SingleFit:
@@ -48,6 +48,8 @@ class SingleFit:
     """
 
     origin = "the q trained for one observation by train()"
+    serving = "q serves this observation only"
+    metrics = ("psis", "prop")
 
     def __init__(self, family: Family, *, warm: bool = False):
         self.family = family
@@ -242,7 +244,7 @@ class SingleFit:
                     clip_value=clip_value,
                 )
             self.warm = True
-            self._prepare_optimizer(learning_rate, gamma, options, reset_optimizer)
+            prepare_optimizer(self, learning_rate, gamma, options, reset_optimizer)
             stopping = (
                 ConvergenceCheck(eps=options.get("eps", 1e-3), min_num_iters=min_num_iters)
                 if check_for_convergence
@@ -279,21 +281,32 @@ class SingleFit:
 
         return for_target
 
-    def _prepare_optimizer(
-        self, learning_rate: float, gamma: float, options: dict, reset: bool
-    ) -> None:
-        scheduler = options.get("scheduler")
-        scheduler_cls, scheduler_kwargs = (
-            scheduler if isinstance(scheduler, tuple) else (scheduler, None)
+
+def prepare_optimizer(
+    state: Any, learning_rate: float, gamma: float, options: dict, reset: bool
+) -> None:
+    """Build ``state.optimizer`` and ``state.scheduler`` for ``state.family`` unless the one
+    it holds was built with the same settings (a later ``train()`` resumes it).
+
+    Args:
+        state: A :class:`SingleFit` or a :class:`~sbi_vi.posteriors.batched.BatchedFit`.
+        learning_rate: Initial learning rate.
+        gamma: Exponential decay per iteration.
+        options: ``optimizer`` (class) and ``scheduler`` (class or ``(class, kwargs)``).
+        reset: Build a fresh optimizer in any case.
+    """
+    scheduler = options.get("scheduler")
+    scheduler_cls, scheduler_kwargs = (
+        scheduler if isinstance(scheduler, tuple) else (scheduler, None)
+    )
+    key = (learning_rate, gamma, options.get("optimizer"), scheduler_cls)
+    if state.optimizer is None or reset or key != state.optimizer_key:
+        state.optimizer, state.scheduler = make_optimizer(
+            state.family.parameters(),
+            learning_rate=learning_rate,
+            optimizer=options.get("optimizer"),
+            scheduler=scheduler_cls,
+            scheduler_kwargs=scheduler_kwargs,
+            gamma=gamma,
         )
-        key = (learning_rate, gamma, options.get("optimizer"), scheduler_cls)
-        if self.optimizer is None or reset or key != self.optimizer_key:
-            self.optimizer, self.scheduler = make_optimizer(
-                self.family.parameters(),
-                learning_rate=learning_rate,
-                optimizer=options.get("optimizer"),
-                scheduler=scheduler_cls,
-                scheduler_kwargs=scheduler_kwargs,
-                gamma=gamma,
-            )
-            self.optimizer_key = key
+        state.optimizer_key = key

@@ -30,6 +30,7 @@ from sbi_vi._checks import (
 )
 from sbi_vi.posteriors.amortized import AmortizedFit
 from sbi_vi.posteriors.amortized_training import AmortizedSettings, fit_conditional
+from sbi_vi.posteriors.batched import BatchedFit
 from sbi_vi.posteriors.fitted import FittedQ
 from sbi_vi.posteriors.fitted_posterior import FittedPosterior
 from sbi_vi.posteriors.quality import warn_if_unreliable
@@ -126,6 +127,7 @@ class VIPosterior(FittedPosterior):
         self.prior = resolve_prior(prior, self.potential_fn)
         self.theta_transform = resolve_transform(self.prior, theta_transform)
         self._x_shape = None if x_shape is None else Size(x_shape)
+        self._x_shape_given = self._x_shape  # the batch convention reads it (_is_batch)
         self._num_transforms = check_positive_int("num_transforms", num_transforms)
         self._hidden_features = check_positive_int("hidden_features", hidden_features)
         choices = ("none", "independent", "structured")
@@ -251,8 +253,16 @@ class VIPosterior(FittedPosterior):
     ) -> VIPosterior:
         """Fit q to the posterior of one observation.
 
+        With ``x_shape`` ``[L]`` or ``[1, L]`` given to the constructor, x of shape ``[B, L]``
+        with B ≥ 2 is a batch of B observations: B independent q's are fitted in one
+        vectorised run (Gaussian families), each with its own loss, gradient clipping,
+        annealing and convergence; ``sample``, ``log_prob``, ``evaluate``, ``map`` and
+        ``log_evidence`` then answer per observation with the shapes of an amortised q
+        (see the user guide, "Many observations in one run").
+
         Args:
-            x: The observation (default: :attr:`default_x`), ``[L]`` or ``[N, L]`` iid rows.
+            x: The observation (default: :attr:`default_x`), ``[L]`` or ``[N, L]`` iid rows,
+                or a batch ``[B, L]`` of observations (see above).
             n_particles: Particles per step (for ``IW``: bounds of ``K`` particles each).
             learning_rate: Initial learning rate.
             gamma: Exponential learning-rate decay per iteration.
@@ -288,7 +298,9 @@ class VIPosterior(FittedPosterior):
         Raises:
             ValueError: On invalid hyper-parameters (as sbi: non-positive ``n_particles``,
                 ``learning_rate``, ``max_num_iters`` or ``clip_value``, ``gamma`` outside
-                (0, 1], negative ``min_num_iters``), a missing observation or x with NaN/inf.
+                (0, 1], negative ``min_num_iters``), a missing observation or x with NaN/inf;
+                for a batch of observations: a family that cannot be batched (the message
+                names those that can), a potential of θ alone.
             TypeError: On unknown keyword arguments, or a non-number hyper-parameter.
 
         A call that raises or is interrupted (Ctrl-C) leaves q, its optimizer and the
@@ -312,7 +324,13 @@ class VIPosterior(FittedPosterior):
             )
             if retrain_from_scratch:
                 self.set_q(self._q_arg, *self._q_params)
-            result = self._single.fit(
+            fitted = self._fit_for(x, fresh=retrain_from_scratch)
+            if quality_control and quality_control_metric not in fitted.metrics:
+                raise ValueError(
+                    f"quality_control_metric={quality_control_metric!r} is not available for "
+                    f"{fitted.origin}: use one of {fitted.metrics} (or quality_control=False)."
+                )
+            result = fitted.fit(
                 self.potential_fn,
                 self.prior,
                 divergence,
@@ -332,13 +350,31 @@ class VIPosterior(FittedPosterior):
                 options={k: v for k, v in kwargs.items() if k in _FIT_OPTIONS},
             )
             self.history.append(result)
-            self._replace_fit(self._single, "train()", "q serves this observation only")
+            self._replace_fit(fitted, "train()", fitted.serving)
             if self._x is None:
                 self._x = x
             if quality_control:
                 result = self.evaluate(quality_control_metric, N=10_000)
                 warn_if_unreliable(result, quality_control_metric)
             return self
+
+    def _fit_for(self, x: Tensor, *, fresh: bool) -> SingleFit | BatchedFit:
+        """The fitted state that ``train(x)`` trains: the q of one observation, or for a
+        batch of observations (:meth:`_is_batch`) a :class:`BatchedFit` — the one serving
+        these observations if there is one (and not ``fresh``), else a new one started
+        from the current q."""
+        if not self._is_batch(x):
+            return self._single
+        if isinstance(self._fitted, BatchedFit) and self._fitted.serves(x) and not fresh:
+            return self._fitted
+        if not getattr(self.potential_fn, "takes_x", True):
+            raise ValueError(
+                "`potential_fn` is a function of θ alone, so it is the posterior of one fixed "
+                f"observation; `x` holds a batch of {x.shape[0]} observations (x_shape="
+                f"{tuple(self._x_shape_given)}), which needs a potential of (theta, x) that "
+                "pairs θ [*, B, D] with the rows of x (ours, sbi's, or a function (theta, x))."
+            )
+        return BatchedFit(self._single.family, x, warm=self._single.warm)
 
     def _replace_fit(self, fitted: FittedQ, method: str, from_now_on: str) -> None:
         """Serve ``fitted`` from now on, warning if it replaces a trained q of another kind."""

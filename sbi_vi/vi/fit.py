@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 from sbi_vi._checks import check_positive_float, check_positive_int
 
 __all__ = [
+    "BatchedConvergenceCheck",
     "ConvergenceCheck",
     "FitResult",
     "NoStopping",
+    "RowwiseClip",
     "StoppingRule",
     "fit",
     "gradient_step",
@@ -61,6 +63,15 @@ class StoppingRule:
 
     def reset(self) -> None:
         """Forget the history (called at the start of every :func:`fit`)."""
+
+    def update_from(self, iteration: int, reported: Tensor | None, value: float) -> bool:
+        """What :func:`fit` calls after each iteration: ``update(iteration, value)``.
+
+        A rule that watches each batch element (:class:`BatchedConvergenceCheck`) reads
+        ``reported`` (the closure's reported tensor; ``None`` when the step was skipped)
+        instead of its mean ``value``.
+        """
+        return self.update(iteration, value)
 
 
 class NoStopping(StoppingRule):
@@ -127,6 +138,122 @@ class ConvergenceCheck(StoppingRule):
         return self._stale >= self.patience and iteration + 1 >= self.min_num_iters
 
 
+class BatchedConvergenceCheck(StoppingRule):
+    """:class:`ConvergenceCheck` for each of ``B`` independent fits trained in one run.
+
+    Each batch element b of the reported loss ``[B]`` has its own blocks, best median and
+    patience, with the rule of :class:`ConvergenceCheck`; once b has converged,
+    :attr:`active` ``[B]`` is ``False`` for it, and the trainer stops its updates (its loss
+    no longer reaches its parameters). Training stops when every element has converged.
+
+    Args:
+        batch_size: The number ``B`` of fits.
+        eps: As :class:`ConvergenceCheck`.
+        min_num_iters: As :class:`ConvergenceCheck`.
+        window: As :class:`ConvergenceCheck`.
+        patience: As :class:`ConvergenceCheck`.
+
+    Attributes:
+        active: Which fits still train, ``[B]`` bool.
+        converged_at: The iteration of this fit at which each element converged (``-1``:
+            not converged), ``[B]``.
+
+    Example:
+        >>> rule = BatchedConvergenceCheck(2, eps=0.01, window=10, patience=2)
+        >>> rule.reset()
+        >>> losses = [torch.tensor([1.0, max(100.0 - i, 40.0)]) for i in range(200)]
+        >>> next(i for i, loss in enumerate(losses) if rule.update_from(i, loss, 0.0))
+        89
+        >>> rule.converged_at.tolist()  # the flat loss converged first
+        [29, 89]
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        *,
+        eps: float = 1e-3,
+        min_num_iters: int = 10,
+        window: int = 50,
+        patience: int = 2,
+    ):
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.eps = check_positive_float("eps", eps, allow_zero=True)
+        self.min_num_iters = check_positive_int("min_num_iters", min_num_iters, allow_zero=True)
+        self.window = check_positive_int("window", window)
+        self.patience = check_positive_int("patience", patience)
+        self.reset()
+
+    def reset(self) -> None:
+        b = self.batch_size
+        self._block: list[Tensor] = []
+        self._best = torch.full((b,), math.inf, dtype=torch.float64)
+        self._stale = torch.zeros(b, dtype=torch.long)
+        self.active = torch.ones(b, dtype=torch.bool)
+        self.converged_at = torch.full((b,), -1, dtype=torch.long)
+
+    def update(self, iteration: int, value: float) -> bool:
+        """Refused: this rule needs the loss of every batch element (``update_from``)."""
+        raise TypeError("BatchedConvergenceCheck reads the reported loss [B]: use update_from.")
+
+    def update_from(self, iteration: int, reported: Tensor | None, value: float) -> bool:
+        if reported is None:
+            values = torch.full((self.batch_size,), math.nan, dtype=torch.float64)
+        else:
+            values = reported.detach().reshape(-1).to("cpu", torch.float64)
+            if values.numel() != self.batch_size:
+                raise ValueError(
+                    f"The reported loss must have {self.batch_size} entries (one per fit); "
+                    f"got shape {tuple(reported.shape)}."
+                )
+        self._block.append(torch.where(torch.isfinite(values), values, math.nan))
+        if (iteration + 1) % self.window:
+            return False
+        block, self._block = torch.stack(self._block), []
+        median = block.nanmedian(0).values  # NaN where a fit had no finite loss
+        improved = median < self._best - self.eps  # False for NaN
+        self._best = torch.where(improved, median, self._best)
+        self._stale = torch.where(improved, 0, self._stale + 1)
+        if iteration + 1 >= self.min_num_iters:
+            newly = self.active & (self._stale >= self.patience)
+            self.converged_at[newly] = iteration
+            self.active &= ~newly
+        return not bool(self.active.any())
+
+
+@dataclass(frozen=True)
+class RowwiseClip:
+    """Gradient clipping for B independent fits whose parameters all have leading dim B.
+
+    Row b of every gradient (the gradient of fit b) is scaled so that their joint norm is
+    at most ``clip_value``, as :func:`torch.nn.utils.clip_grad_norm_` does for one fit; a
+    fit whose gradient is not finite gets a zero gradient for this step instead of
+    stopping the others. Pass it as ``clip_gradients`` of :func:`fit`.
+
+    Args:
+        clip_value: Largest gradient norm of one fit (``None``: only the finiteness check).
+    """
+
+    clip_value: float | None = None
+
+    def __call__(self, params: list[Tensor]) -> bool:
+        """Clip in place; return whether any fit has a finite gradient (else skip the step)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return True
+        squares = torch.stack([g.detach().reshape(g.shape[0], -1).square().sum(1) for g in grads])
+        norm = squares.sum(0).sqrt()  # [B]
+        finite = torch.isfinite(norm)
+        factor = torch.where(finite, 1.0, 0.0)
+        if self.clip_value is not None:
+            factor = factor * (self.clip_value / (norm + 1e-6)).clamp(max=1.0)
+        factor = torch.nan_to_num(factor, nan=0.0)
+        for g in grads:
+            g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            g.mul_(factor.reshape(-1, *([1] * (g.ndim - 1))).to(g.dtype))
+        return bool(finite.any())
+
+
 def _reported_value(reported: Tensor) -> float:
     """``float(reported.detach().mean())``; a one-element CPU tensor is read directly."""
     if reported.dim() == 0 and reported.device.type == "cpu" and reported.is_floating_point():
@@ -191,8 +318,17 @@ def gradient_step(
     *,
     clip_value: float | None = None,
     retain_graph: bool = False,
+    clip_gradients: Callable[[list[Tensor]], bool] | None = None,
 ) -> bool:
     """Zero grads, backpropagate, clip, and step unless the loss or a gradient is not finite.
+
+    Args:
+        loss: The scalar to backpropagate.
+        optimizer: The optimizer to step.
+        clip_value: Largest joint gradient norm (``None``: no clipping).
+        retain_graph: Passed to ``backward``.
+        clip_gradients: Replaces the norm clipping: clips the gradients of the parameters
+            in place and returns whether to step (e.g. :class:`RowwiseClip`).
 
     Returns:
         Whether the step was taken.
@@ -202,7 +338,9 @@ def gradient_step(
         return False
     loss.backward(retain_graph=retain_graph)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if clip_value is not None:
+    if clip_gradients is not None:
+        finite = clip_gradients(params)
+    elif clip_value is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, clip_value)
         finite = bool(torch.isfinite(norm))
     else:
@@ -265,6 +403,7 @@ def fit(
     retain_graph: bool = False,
     show_progress_bar: bool = True,
     description: str = "Training",
+    clip_gradients: Callable[[list[Tensor]], bool] | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn`` with ``optimizer`` until ``stopping`` says so or ``max_num_iters``.
 
@@ -279,6 +418,8 @@ def fit(
         retain_graph: Passed to ``backward`` (for exotic user distributions).
         show_progress_bar: Show a tqdm bar.
         description: Label of the progress bar.
+        clip_gradients: Replaces the norm clipping of ``clip_value`` (see
+            :func:`gradient_step`; e.g. :class:`RowwiseClip` for a batch of fits).
 
     Returns:
         A :class:`FitResult` with the loss history.
@@ -305,7 +446,11 @@ def fit(
     for it in iterations:
         surrogate, reported = loss_fn()
         taken = gradient_step(
-            surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph
+            surrogate,
+            optimizer,
+            clip_value=clip_value,
+            retain_graph=retain_graph,
+            clip_gradients=clip_gradients,
         )
         if taken:
             value = _reported_value(reported)
@@ -317,7 +462,7 @@ def fit(
             scheduler.step()
         if bar is not None and it % 10 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
-        if check and stopping.update(it, value):
+        if check and stopping.update_from(it, reported if taken else None, value):
             converged = True
             break
     if bar is not None:

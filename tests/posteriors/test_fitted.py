@@ -44,6 +44,7 @@ class BatchedStandIn:
     origin = "the batched q's of a stand-in"
     status = "batched over 3 observations"
     trained = True
+    metrics = ("psis",)
 
     def __init__(self, x: torch.Tensor, shift: torch.Tensor):
         self.module = nn.Module()

@@ -16,6 +16,7 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_vi.vi.families.base import Family, LinkedDistribution, rsample_and_log_prob
+from sbi_vi.vi.families.batched import batch_family, batchable_names, member_of
 from sbi_vi.vi.families.custom import BuilderFamily, DistributionFamily
 from sbi_vi.vi.families.flows import FLOW_BUILDERS, FlowFamily
 from sbi_vi.vi.families.gaussian import DiagonalGaussian, Gaussian, GaussianDistribution
@@ -31,7 +32,10 @@ __all__ = [
     "Gaussian",
     "GaussianDistribution",
     "LinkedDistribution",
+    "batch_family",
+    "batchable_names",
     "build_family",
+    "member_of",
     "rsample_and_log_prob",
 ]
 

@@ -162,6 +162,9 @@ class Family(nn.Module, abc.ABC):
 
     #: Whether ``log_prob`` of arbitrary θ is as cheap as sampling (for divergence choice).
     direction: str = "both"
+    #: Whether parameters with an extra leading dim B give a batch of B independent q's
+    #: (:func:`~sbi_vi.vi.families.batched.batch_family`: several observations in one run).
+    batchable: bool = False
 
     def __init__(
         self,

@@ -49,8 +49,15 @@ class GaussianDistribution(Distribution):
     def rsample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
         shape = Size(sample_shape) + self.batch_shape + self.event_shape
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        theta = self.loc + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-        return theta, self._log_prob_eps(eps)
+        if self.batch_shape and len(sample_shape):
+            # a batch of q's: one [D, D] @ [D, draws] product per batch element, instead of
+            # one tiny product per draw (several times faster, forward and backward)
+            d = shape[-1]
+            cols = eps.reshape(-1, *self.batch_shape, d).movedim(0, -1)  # [*batch, D, draws]
+            noise = (self.scale_tril @ cols).movedim(-1, 0).reshape(shape)
+        else:
+            noise = (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        return self.loc + noise, self._log_prob_eps(eps)
 
     def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
         return self.rsample_and_log_prob(sample_shape)[0]
@@ -135,6 +142,7 @@ class Gaussian(Family):
     """
 
     parameter_scale: float = 10.0
+    batchable = True  # loc and scale broadcast over a leading dim of ``params``
 
     def __init__(
         self,
