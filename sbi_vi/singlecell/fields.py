@@ -164,8 +164,8 @@ class AnnDataSetup:
 
         Args:
             adata: The AnnData.
-            dtype: Integer dtype of the codes (``None``: the smallest of int16 / int32 /
-                int64 that holds them).
+            dtype: Integer dtype of the codes (``None``: the smallest of int8 / int16 /
+                int32 / int64 that holds them).
         """
         return _codes(adata, self.batch_key, self.batch_categories, "batch_key", dtype)
 
@@ -228,8 +228,8 @@ class AnnDataSetup:
 
 
 def _code_dtype(n_categories: int) -> np.dtype:
-    """The smallest of int16 / int32 / int64 that holds codes ``0 .. n_categories - 1``."""
-    for dtype in (np.int16, np.int32):
+    """The smallest of int8 / int16 / int32 / int64 that holds codes ``0 .. n_categories - 1``."""
+    for dtype in (np.int8, np.int16, np.int32):
         if n_categories <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.int64)

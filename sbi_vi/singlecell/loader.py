@@ -109,7 +109,7 @@ class CellData:
             self._counts = sp.csr_matrix(counts, dtype=np.float32)
         else:
             self._counts = torch.as_tensor(np.asarray(counts, dtype=np.float32))
-        # codes kept as int16 where they fit (2 instead of 8 bytes per cell and field: an
+        # codes kept as int8 / int16 where they fit (1-2 instead of 8 bytes per cell: an
         # atlas's per-cell state stays small, and no int64 copy is made on the way);
         # minibatches get int64
         self.batch_index = _per_cell_codes(setup.batch_key, setup.batch_codes, adata)
@@ -199,7 +199,7 @@ def _per_cell_codes(key: str | None, codes: Any, adata: Any) -> Tensor:
     """Per-cell codes ``[n_obs]`` of one field: the smallest integer dtype that holds them,
     and no memory at all for a field that was not declared (every code 0)."""
     if key is None:
-        return torch.zeros((), dtype=torch.int16).expand(int(adata.n_obs))
+        return torch.zeros((), dtype=torch.int8).expand(int(adata.n_obs))
     return torch.as_tensor(codes(adata, dtype=None))
 
 

@@ -64,7 +64,7 @@ def test_codes_and_categories_equal_the_string_lookup(values, categorical, unuse
     assert codes.dtype == np.int64
     np.testing.assert_array_equal(codes, expected)
     compact = fields._codes(adata, "key", cats, "batch_key", dtype=None)
-    assert compact.dtype == np.int16
+    assert compact.dtype == np.int8
     np.testing.assert_array_equal(compact, expected)
 
 
@@ -79,7 +79,8 @@ def test_unknown_and_missing_values_are_named(categorical):
 
 
 def test_code_dtype_grows_with_the_number_of_categories():
-    assert fields._code_dtype(3) == np.int16
+    assert fields._code_dtype(3) == np.int8
+    assert fields._code_dtype(300) == np.int16
     assert fields._code_dtype(40_000) == np.int32
     assert fields._code_dtype(2**31 + 5) == np.int64
 
@@ -88,7 +89,7 @@ def test_undeclared_fields_cost_no_memory_per_cell():
     adata = _adata(pd.Series(["a", "b"] * 50, dtype="category"))
     setup = setup_anndata(adata, batch_key="key")
     data = CellData(adata, setup)
-    assert data.batch_index.dtype == torch.int16
+    assert data.batch_index.dtype == torch.int8
     assert data.labels.stride() == (0,)  # an expanded zero: one element in memory
     batch = data.batch(np.array([3, 0, 99], dtype=np.int32))
     assert batch.labels.tolist() == [0, 0, 0]
