@@ -149,18 +149,21 @@ class Pyro:
             self.svi.step(*self.post.args)
 
     def draws(self, n: int) -> dict[str, Any]:
-        from pyro.infer import Predictive
+        """``n`` guide draws, each run through the model conditioned on it (for the
+        deterministic sites); Pyro's ``Predictive`` draws unconditioned sites from their
+        prior, which ``ImproperUniform`` refuses."""
+        import pyro.poutine as poutine
 
-        pred = Predictive(
-            self.model,
-            guide=self.guide,
-            num_samples=n,
-            return_sites=self.post.sites,
-            parallel=False,  # Pyro's vectorised draws lose the event dims' plate padding
-        )
+        out: dict[str, list] = {k: [] for k in self.post.sites}
         with torch.no_grad():
-            out = pred(*self.post.args)
-        return {"posterior_samples": {k: v.detach() for k, v in out.items()}}
+            for _ in range(n):
+                latents = self.guide(*self.post.args)
+                tr = poutine.trace(poutine.condition(self.model, data=latents)).get_trace(
+                    *self.post.args
+                )
+                for k in out:
+                    out[k].append(tr.nodes[k]["value"])
+        return {"posterior_samples": {k: torch.stack(v) for k, v in out.items()}}
 
 
 # --- checks and scores ---------------------------------------------------------------------
