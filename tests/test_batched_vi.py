@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sbi_vi.diagnostics import c2st
 from sbi_vi.posteriors import VIPosterior
@@ -174,3 +176,65 @@ def test_a_failed_batched_train_leaves_the_posterior_as_it_was():
     assert post._fitted is fitted and fitted.trained
     for p, s in zip(fitted.family.parameters(), saved, strict=True):
         assert torch.equal(p, s)
+
+
+def test_an_amortised_q_scores_draws_of_shape_n_b_d_as_the_batched_one():
+    from sbi_vi.posteriors.amortized import AmortizedFit
+    from sbi_vi.posteriors.conditional import build_conditional_q
+
+    post = _posterior()
+    theta_sim = PRIOR.sample((50,))
+    q = build_conditional_q(
+        "gaussian",
+        prior=PRIOR,
+        transform=post.theta_transform,
+        theta=theta_sim,
+        x=TASK.simulator(theta_sim, seed=1),
+        num_transforms=1,
+        hidden_features=8,
+        z_score_theta="independent",
+        z_score_x="independent",
+        direction="sample",
+        device="cpu",
+    )
+    post._fitted = AmortizedFit(q)  # what train_amortized would put there
+    theta = post.sample((6,), x=X)
+    assert theta.shape == (6, 3, D)
+    full = post.log_prob(theta, x=X)
+    assert full.shape == (6, 3)
+    for b in range(3):
+        torch.testing.assert_close(post.log_prob(theta[:, b], x=X[b]), full[:, b])
+    with pytest.raises(ValueError, match=r"a column per row of x \(\[\*n, 3, D\]\)"):
+        post.log_prob(torch.zeros(6, 2, D), x=X)
+
+
+def test_a_batched_posterior_round_trips_through_save_and_load(batched, tmp_path):
+    path = tmp_path / "batched.pt"
+    batched.save(path)
+    loaded = VIPosterior.load(path)
+    torch.manual_seed(3)
+    a = batched.sample((4,))
+    torch.manual_seed(3)
+    assert torch.equal(a, loaded.sample((4,)))
+    assert isinstance(loaded._fitted, BatchedFit)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sample_shape=st.lists(st.integers(0, 3), min_size=0, max_size=2).map(tuple),
+    rows=st.lists(st.integers(0, 2), min_size=1, max_size=3),
+)
+def test_shapes_of_draws_and_densities_for_any_sample_shape_and_rows(batched, sample_shape, rows):
+    x = X[rows]
+    k = len(rows)
+    theta = batched.sample(sample_shape, x=x)
+    assert theta.shape == ((*sample_shape, D) if k == 1 else (*sample_shape, k, D))
+    if k > 1 and len(sample_shape) >= 1:
+        full = batched.log_prob(theta, x=x)
+        assert full.shape == theta.shape[:-1]
+        for j, b in enumerate(rows):  # a row of x is answered by its own q
+            if theta.shape[:-2].numel():
+                one = batched.log_prob(theta[..., j, :], x=X[b])
+                torch.testing.assert_close(one, full[..., j])

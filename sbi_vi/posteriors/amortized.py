@@ -152,15 +152,22 @@ class AmortizedFit:
     def log_prob(
         self, theta: Tensor, x: Tensor | None, post: PosteriorBase, track_gradients: bool
     ) -> Tensor:
-        """log q(θ | x): θ ``[N, D]`` paired or broadcast with x ``[B, L]``, or ``[*N, D]``
-        under one x."""
+        """log q(θ | x): θ ``[N, D]`` paired or broadcast with x ``[B, L]``, θ ``[*n, B, D]``
+        under the q of each row (``[*n, B]``, the shape of ``sample``), or ``[*N, D]`` under
+        one x."""
         x = self.require(x, post)
         theta = post._check_theta(theta)
         if theta.ndim > 2 and x.shape[0] != 1:
-            raise ValueError(
-                f"`theta` of shape {tuple(theta.shape)} needs one observation; with {x.shape[0]} "
-                "rows of x, pass θ as [N, D] (paired or broadcast with x)."
-            )
+            if theta.shape[-2] != x.shape[0]:
+                raise ValueError(
+                    f"`theta` of shape {tuple(theta.shape)} needs one observation or a column "
+                    f"per row of x ([*n, {x.shape[0]}, D]); with {x.shape[0]} rows of x, pass "
+                    "θ as [*n, B, D] or [N, D] (paired or broadcast with x)."
+                )
+            if theta.shape[:-1].numel() == 0:
+                return theta.new_zeros(theta.shape[:-1])
+            with torch.set_grad_enabled(track_gradients):
+                return log_prob_far_out(self.q(x), theta)
         flat, x = broadcast_theta_x(theta.reshape(-1, theta.shape[-1]), x)
         if flat.shape[0] == 0:  # as sample((0,)): an empty answer, no network pass
             return flat.new_zeros(theta.shape[:-1])
