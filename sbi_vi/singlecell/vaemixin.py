@@ -95,10 +95,13 @@ class VAEMixin(BaseSingleCellModel):
         n_particles = check_positive_int("n_particles", kwargs.pop("n_particles", 1))
         _no_kwargs(kwargs)
         self.module.eval()
+        heads = self.module.stacked_heads()
         values = []
         with seeded(seed):
             for cells in self._minibatches(adata, indices, batch_size, dataloader):
-                log_px, log_prior, log_q, _, _ = self.module.log_densities(cells, n_particles)
+                log_px, log_prior, log_q, _, _ = self.module.log_densities(
+                    cells, n_particles, heads=heads
+                )
                 values.append((log_px + log_prior - log_q).mean(0))
         return self._reduce(values, return_mean)
 
@@ -128,10 +131,11 @@ class VAEMixin(BaseSingleCellModel):
         """
         _no_kwargs(kwargs)
         self.module.eval()
+        heads = self.module.stacked_heads()
         values = []
         with seeded(seed):
             for cells in self._minibatches(adata, indices, batch_size, dataloader):
-                log_px, _, _, _, _ = self.module.log_densities(cells, 1)
+                log_px, _, _, _, _ = self.module.log_densities(cells, 1, heads=heads)
                 values.append(-log_px.mean(0))
         return {"reconstruction_loss": self._reduce(values, return_mean)}
 

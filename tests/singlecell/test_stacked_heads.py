@@ -51,3 +51,22 @@ def test_generative_with_stacked_heads_equals_the_layers(gene_likelihood, disper
             torch.testing.assert_close(stacked.theta, plain.theta)
         if gene_likelihood == "zinb":
             torch.testing.assert_close(stacked.zi_logits, plain.zi_logits)
+
+
+def test_marginal_ll_and_elbo_equal_the_torch_forms(trained_model, monkeypatch):
+    # the compiled ZINB kernel and the stacked heads against the layers and the torch node
+    from sbi_vi.singlecell import softmax_nb
+
+    assert trained_model.module.gene_likelihood == "zinb"
+
+    def values():
+        return (
+            trained_model.get_marginal_ll(n_mc_samples=20, return_mean=False, seed=0),
+            trained_model.get_elbo(return_mean=False, seed=0),
+        )
+
+    fast = values()
+    monkeypatch.setattr(VAE, "stacked_heads", lambda self: None)
+    monkeypatch.setattr(softmax_nb, "zinb_log_likelihood_cpu", lambda *args: None)
+    for value, reference in zip(fast, values(), strict=True):
+        torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-3)
