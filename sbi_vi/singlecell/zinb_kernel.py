@@ -111,6 +111,13 @@ def zinb_log_likelihood_cpu(
     Returns:
         ``[*S, B]`` without the gamma terms, NaN in rows with a non-finite input; ``None``
         for tensors off the CPU, not float32, with gradients, or shapes other than these.
+
+    Example:
+        >>> from sbi_vi.singlecell.softmax_nb import _zinb_forward
+        >>> x, a = torch.tensor([[0.0, 3.0]]), torch.tensor([[[0.2, -0.1]]])
+        >>> args = (x, a, torch.tensor([1.5]), torch.ones(2), torch.zeros(1, 1, 2))
+        >>> bool(torch.allclose(zinb_log_likelihood_cpu(*args), _zinb_forward(*args)))
+        True
     """
     tensors = (x, logits, log_library, theta, zi_logits)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
