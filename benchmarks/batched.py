@@ -91,6 +91,7 @@ def main() -> None:
     torch.set_num_threads(1)
     task = get_task("gaussian_linear")
     prior = task.prior
+    torch.manual_seed(args.seed)  # the same B observations on every run
     x = task.simulator(prior.sample((args.num_observations,)), seed=args.seed + 1)
     potential, _ = likelihood_estimator_based_potential(task.likelihood, prior)
     checked = list(range(0, args.num_observations, args.c2st_every))

@@ -321,7 +321,7 @@ class BatchedFit:
             num_annealing = min(annealing_steps, max_num_iters) if fresh else 0
             with _held_when_converged(self.family, self.optimizer, stopping):
                 result = annealed_fit(
-                    self._loss_closure(divergence, n_particles),
+                    self._loss_closure(divergence, n_particles, potential, stopping),
                     potential,
                     lambda theta: log_prior_or_zero(prior, theta),
                     num_annealing,
@@ -335,6 +335,7 @@ class BatchedFit:
                     show_progress_bar=show_progress_bar,
                     description=description,
                 )
+        potential.set_x(x, x_is_iid=False)  # the closure may have cut it to active rows
         self.trained_on = x
         if stopping is None:
             self.converged_at = torch.full((self.batch_size,), -1, dtype=torch.long)
@@ -351,18 +352,54 @@ class BatchedFit:
                 batched.copy_(single.expand_as(batched))
 
     def _loss_closure(
-        self, divergence: Divergence, n_particles: int
+        self,
+        divergence: Divergence,
+        n_particles: int,
+        potential: Any,
+        stopping: BatchedConvergenceCheck | None,
     ) -> Callable[[Callable[[Tensor], Tensor]], Callable[[], tuple[Tensor, Tensor]]]:
-        family, batch = self.family, self.batch_size
+        """The loss of the observations still training: Σ_b loss_b over the active rows.
+
+        Once some have converged, only the active rows are drawn and scored (the family's
+        parameters indexed by them, the potential's x cut to them), so a run whose
+        observations converge at different times does less work as they do.
+        """
+        family, x = self.family, self.x
+        rows = _ActiveRows(family)
+        last = torch.zeros(self.batch_size, dtype=x.dtype)  # last loss of each row
+        current: dict[str, Tensor | None] = {"index": None}
 
         def for_target(log_p: Callable[[Tensor], Tensor]) -> Callable[[], tuple[Tensor, Tensor]]:
             def closure() -> tuple[Tensor, Tensor]:
-                out = divergence(family, log_p, n_particles)
-                return out.loss * batch, out.value  # Σ_b loss_b; value [B]
+                if stopping is None or bool(stopping.active.all()):
+                    out = divergence(family, log_p, n_particles)
+                    last.copy_(out.value.detach().to(last))
+                    return out.loss * self.batch_size, out.value  # Σ_b loss_b; value [B]
+                index = stopping.active.nonzero().flatten().to(x.device)
+                if current["index"] is None or not torch.equal(current["index"], index):
+                    potential.set_x(x[index], x_is_iid=False)
+                    rows.index, current["index"] = index, index
+                out = divergence(rows, log_p, n_particles)
+                last[index.cpu()] = out.value.detach().to(last)
+                return out.loss * index.numel(), last.clone()
 
             return closure
 
         return for_target
+
+
+class _ActiveRows(nn.Module):
+    """The rows ``index`` of a batched family as a family: ``forward()`` is the q of those
+    rows (its parameters are the whole family's, indexed, so gradients reach those rows)."""
+
+    def __init__(self, family: nn.Module):
+        super().__init__()
+        self.family = family
+        self.index: Tensor | None = None
+
+    def forward(self, context: Tensor | None = None) -> Distribution:
+        params = {name: p[self.index] for name, p in self.family.named_parameters()}
+        return torch.func.functional_call(self.family, params, (context,), strict=False)
 
 
 @contextlib.contextmanager
