@@ -40,6 +40,7 @@ parser.add_argument("--output-dir", type=Path, default=None, help="where to writ
 parser.add_argument("--num-observation", type=int, default=1, help="observation 1 to 10")
 parser.add_argument("--seed", type=int, default=0)
 args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
+torch.manual_seed(args.seed)  # q's initial weights and the evaluation draws: one run, one result
 
 QUICK = args.quick or os.environ.get("SBI_VI_TUTORIAL_QUICK", "") not in ("", "0")
 OUTPUT_DIR = args.output_dir or os.environ.get("SBI_VI_TUTORIAL_OUTPUT_DIR")
