@@ -95,6 +95,31 @@ def per_observation_quality(
     return AmortizedQuality(khat, ess, reliable, result, refined)
 
 
+def evaluate_per_observation(
+    fitted: Any,
+    what: str,
+    metric: str,
+    N: int,
+    x: Tensor | None,
+    post: PosteriorBase,
+    refine: Callable[..., Any] | None,
+    refine_kwargs: dict | None,
+) -> AmortizedQuality:
+    """``evaluate`` of a fit that serves many observations (amortised or batched): PSIS
+    k-hat and ESS of ``fitted.importance_draws`` per observation.
+
+    Raises:
+        ValueError: For ``metric`` other than ``"psis"`` (``what`` names the fit).
+    """
+    if metric != "psis":
+        raise ValueError(
+            f"{what} is evaluated per observation with quality_control_metric='psis'; "
+            f"got {metric!r}."
+        )
+    x, _, log_p, log_q = fitted.importance_draws(N, x, post)
+    return per_observation_quality(log_p - log_q, x, refine, refine_kwargs)
+
+
 class AmortizedFit:
     """A trained q(θ | x): answers for one observation ``[L]``/``[1, L]`` or a batch ``[B, L]``.
 
@@ -198,13 +223,9 @@ class AmortizedFit:
         refine_kwargs: dict | None,
     ) -> AmortizedQuality:
         """PSIS k-hat and ESS per observation (``prop`` is refused)."""
-        if metric != "psis":
-            raise ValueError(
-                "An amortised q is evaluated per observation with quality_control_metric="
-                f"'psis'; got {metric!r}."
-            )
-        x, _, log_p, log_q = self.importance_draws(N, x, post)
-        return per_observation_quality(log_p - log_q, x, refine, refine_kwargs)
+        return evaluate_per_observation(
+            self, "An amortised q", metric, N, x, post, refine, refine_kwargs
+        )
 
     def map_inits(self, x: Tensor, num_init_samples: int, init_method: str) -> Tensor:
         """Draws of q(θ | x) for one checked observation x ``[1, L]``."""

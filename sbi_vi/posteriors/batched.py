@@ -37,7 +37,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_int
-from sbi_vi.posteriors.amortized import AmortizedQuality, per_observation_quality
+from sbi_vi.posteriors.amortized import AmortizedQuality, evaluate_per_observation
 from sbi_vi.posteriors.base import PosteriorBase, check_sample_shape, log_prob_far_out
 from sbi_vi.posteriors.quality import importance_log_weights
 from sbi_vi.posteriors.rollback import restored_on_failure
@@ -227,13 +227,8 @@ class BatchedFit:
         refine_kwargs: dict | None,
     ) -> AmortizedQuality:
         """PSIS k-hat and ESS per observation (``prop`` is refused), as for an amortised q."""
-        if metric != "psis":
-            raise ValueError(
-                "The q's of a batch of observations are evaluated per observation with "
-                f"quality_control_metric='psis'; got {metric!r}."
-            )
-        x, _, log_p, log_q = self.importance_draws(N, x, post)
-        return per_observation_quality(log_p - log_q, x, refine, refine_kwargs)
+        what = "Each q of a batch of observations"
+        return evaluate_per_observation(self, what, metric, N, x, post, refine, refine_kwargs)
 
     def map_inits(self, x: Tensor, num_init_samples: int, init_method: str) -> Tensor:
         """Draws of the q_b of the one checked observation x ``[1, L]``, ``[n, D]``.
