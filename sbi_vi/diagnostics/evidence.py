@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from sbi_vi.diagnostics.psis import MAX_KHAT, log_mean_weight, psis
+from sbi_vi.diagnostics.psis import khat_reliable, log_mean_weight, psis
 
 __all__ = ["LogEvidence", "log_evidence_from_log_weights"]
 
@@ -55,9 +55,7 @@ class LogEvidence:
     @property
     def reliable(self) -> bool | Tensor:
         """Whether k̂ ≤ 0.7 (bool, or a bool tensor of shape ``[*B]`` for a batch)."""
-        if isinstance(self.khat, Tensor):
-            return self.khat <= MAX_KHAT
-        return bool(self.khat <= MAX_KHAT)
+        return khat_reliable(self.khat)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LogEvidence):

@@ -55,6 +55,13 @@ MAX_KHAT = 0.7
 """k̂ above this: PSIS estimates are unreliable whatever the number of particles."""
 
 
+def khat_reliable(khat: float | Tensor) -> bool | Tensor:
+    """Whether k̂ ≤ :data:`MAX_KHAT` (a bool, or a bool tensor for a tensor of k̂'s)."""
+    if isinstance(khat, Tensor):
+        return khat <= MAX_KHAT
+    return bool(khat <= MAX_KHAT)
+
+
 @dataclass(frozen=True, eq=False)
 class PSISResult:
     """Result of :func:`psis`.
@@ -84,9 +91,7 @@ class PSISResult:
     @property
     def reliable(self) -> bool | Tensor:
         """Whether k̂ ≤ 0.7 (bool, or a bool tensor of shape ``[*B]`` for a batch)."""
-        if isinstance(self.khat, Tensor):
-            return self.khat <= MAX_KHAT
-        return bool(self.khat <= MAX_KHAT)
+        return khat_reliable(self.khat)
 
     @property
     def threshold(self) -> float:
