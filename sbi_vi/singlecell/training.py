@@ -252,6 +252,10 @@ class EpochMonitor(StoppingRule):
     kl_weights: list[float] = field(default_factory=list)
     _epoch: int = 0
 
+    @property
+    def loss_window(self) -> int | None:
+        return None  # the epoch's metrics come from ``running``, read once per epoch
+
     def reset(self) -> None:
         self._epoch = 0
 

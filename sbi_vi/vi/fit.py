@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_vi._checks import check_positive_float, check_positive_int
+from sbi_vi.vi.steps import deferred_step, gradient_step, steps_on_device
 
 __all__ = [
     "BatchedConvergenceCheck",
@@ -56,7 +57,20 @@ class FitResult:
 
 
 class StoppingRule:
-    """Decides after each iteration whether training has converged."""
+    """Decides after each iteration whether training has converged.
+
+    :attr:`loss_window` says when the rule reads the losses, so that :func:`fit` on an
+    accelerator can keep them there: ``1`` (the default) after every iteration; ``k``: the
+    rule stops only after iterations ``i`` with ``(i + 1) % k == 0`` and may be handed the
+    losses of the iterations before such an ``i`` all at once, in order, then; ``None``:
+    it reads no losses (it is called after every iteration with ``reported=None`` and a
+    NaN ``value``) and decides on the iteration count or on its own computations.
+    """
+
+    @property
+    def loss_window(self) -> int | None:
+        """Iterations whose losses the rule can wait for (``None``: it reads none)."""
+        return 1
 
     def update(self, iteration: int, value: float) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
@@ -76,6 +90,10 @@ class StoppingRule:
 
 class NoStopping(StoppingRule):
     """Never stops early: train for ``max_num_iters``."""
+
+    @property
+    def loss_window(self) -> int | None:
+        return None
 
     def update(self, iteration: int, value: float) -> bool:
         return False
@@ -120,6 +138,10 @@ class ConvergenceCheck(StoppingRule):
         check_positive_int("min_num_iters", self.min_num_iters, allow_zero=True)
         check_positive_int("window", self.window)
         check_positive_int("patience", self.patience)
+
+    @property
+    def loss_window(self) -> int | None:
+        return self.window
 
     def reset(self) -> None:
         self._block, self._best, self._stale = [], math.inf, 0
@@ -192,6 +214,10 @@ class BatchedConvergenceCheck(StoppingRule):
         self.active = torch.ones(b, dtype=torch.bool)
         self.converged_at = torch.full((b,), -1, dtype=torch.long)
 
+    @property
+    def loss_window(self) -> int | None:
+        return self.window
+
     def update(self, iteration: int, value: float) -> bool:
         """Refused: this rule needs the loss of every batch element (``update_from``)."""
         raise TypeError("BatchedConvergenceCheck reads the reported loss [B]: use update_from.")
@@ -254,13 +280,6 @@ class RowwiseClip:
         return bool(finite.any())
 
 
-def _reported_value(reported: Tensor) -> float:
-    """``float(reported.detach().mean())``; a one-element CPU tensor is read directly."""
-    if reported.dim() == 0 and reported.device.type == "cpu" and reported.is_floating_point():
-        return reported.item()
-    return float(reported.detach().mean())
-
-
 def make_optimizer(
     parameters: Iterable[Tensor],
     *,
@@ -312,86 +331,6 @@ def make_optimizer(
     return opt, None
 
 
-def gradient_step(
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    *,
-    clip_value: float | None = None,
-    retain_graph: bool = False,
-    clip_gradients: Callable[[list[Tensor]], bool] | None = None,
-) -> bool:
-    """Zero grads, backpropagate, clip, and step unless the loss or a gradient is not finite.
-
-    Args:
-        loss: The scalar to backpropagate.
-        optimizer: The optimizer to step.
-        clip_value: Largest joint gradient norm (``None``: no clipping).
-        retain_graph: Passed to ``backward``.
-        clip_gradients: Replaces the norm clipping: clips the gradients of the parameters
-            in place and returns whether to step (e.g. :class:`RowwiseClip`).
-
-    Returns:
-        Whether the step was taken.
-    """
-    _zero_grad(optimizer)
-    if not _all_finite_scalar(loss):
-        return False
-    loss.backward(retain_graph=retain_graph)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if clip_gradients is not None:
-        finite = clip_gradients(params)
-    elif clip_value is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_value)
-        finite = bool(torch.isfinite(norm))
-    else:
-        finite = _grads_finite(params)
-    if not finite:
-        _zero_grad(optimizer)
-        return False
-    optimizer.step()
-    return True
-
-
-def _zero_grad(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.zero_grad(set_to_none=True)``, without its profiler record for torch's own."""
-    if type(optimizer).zero_grad is not _BASE_ZERO_GRAD:
-        optimizer.zero_grad(set_to_none=True)
-        return
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None:
-                p.grad = None
-
-
-_BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
-
-
-def _all_finite_scalar(loss: Tensor) -> bool:
-    """``bool(torch.isfinite(loss))``; a one-element CPU tensor is read without a kernel."""
-    if loss.numel() == 1 and loss.device.type == "cpu" and loss.is_floating_point():
-        return math.isfinite(loss.item())
-    return bool(torch.isfinite(loss))
-
-
-def _grads_finite(params: list[Tensor]) -> bool:
-    """Whether every gradient of ``params`` is finite (one fused reduction where possible).
-
-    The Euclidean norms are NaN or infinite when an entry is (or when the sum of squares
-    overflows, for gradients beyond ~1e19 in float32: also a step not to take). torch's
-    fused 2-norm on CPU is ~30x faster than its max-abs norm.
-    """
-    grads = [p.grad for p in params]
-    if not grads:
-        return True
-    if all(
-        g.device.type == "cpu" and g.numel() > 0 and not g.is_sparse and g.is_floating_point()
-        for g in grads
-    ):
-        norms = torch._foreach_norm(grads, 2.0)
-        return math.isfinite(torch.stack(norms).sum().item())
-    return all(bool(torch.isfinite(g).all()) for g in grads)
-
-
 def fit(
     loss_fn: Callable[[], tuple[Tensor, Tensor]],
     optimizer: torch.optim.Optimizer,
@@ -407,6 +346,11 @@ def fit(
 ) -> FitResult:
     """Minimise ``loss_fn`` with ``optimizer`` until ``stopping`` says so or ``max_num_iters``.
 
+    On an accelerator with a fused Adam (the default of :func:`make_optimizer`), nothing of
+    a step is read back to the host: skipping is decided on the device
+    (:func:`~sbi_vi.vi.steps.deferred_step`) and the losses stay there until the stopping
+    rule reads them (see :attr:`StoppingRule.loss_window`); the result is the same.
+
     Args:
         loss_fn: Closure returning ``(surrogate, reported)``: the surrogate is
             backpropagated, the reported scalar is recorded and fed to the stopping rule.
@@ -419,7 +363,8 @@ def fit(
         show_progress_bar: Show a tqdm bar.
         description: Label of the progress bar.
         clip_gradients: Replaces the norm clipping of ``clip_value`` (see
-            :func:`gradient_step`; e.g. :class:`RowwiseClip` for a batch of fits).
+            :func:`~sbi_vi.vi.steps.gradient_step`; e.g. :class:`RowwiseClip` for a batch
+            of fits).
 
     Returns:
         A :class:`FitResult` with the loss history.
@@ -432,12 +377,10 @@ def fit(
         clip_value = check_positive_float("clip_value", clip_value)
     stopping = NoStopping() if stopping is None else stopping
     stopping.reset()
-    losses: list[float] = []
-    record = losses.append
-    nan = float("nan")
-    skipped, converged, it = 0, False, 0
+    on_device = clip_gradients is None and steps_on_device(optimizer)
+    log: _HostLosses | _DeviceLosses = (_DeviceLosses if on_device else _HostLosses)(stopping)
+    converged, it = False, 0
     start = time.perf_counter()
-    check = type(stopping) is not NoStopping
     if show_progress_bar:
         bar = tqdm(range(max_num_iters), desc=description, leave=False)
         iterations: Iterable[int] = bar
@@ -445,42 +388,130 @@ def fit(
         bar, iterations = None, range(max_num_iters)
     for it in iterations:
         surrogate, reported = loss_fn()
-        taken = gradient_step(
-            surrogate,
-            optimizer,
-            clip_value=clip_value,
-            retain_graph=retain_graph,
-            clip_gradients=clip_gradients,
-        )
-        if taken:
-            value = _reported_value(reported)
+        if on_device:
+            taken: bool | Tensor = deferred_step(
+                surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph
+            )
         else:
-            skipped += 1
-            value = nan
-        record(value)
+            taken = gradient_step(
+                surrogate,
+                optimizer,
+                clip_value=clip_value,
+                retain_graph=retain_graph,
+                clip_gradients=clip_gradients,
+            )
         if scheduler is not None:
             scheduler.step()
-        if bar is not None and it % 10 == 0:
-            bar.set_postfix(loss=f"{value:.3f}")
-        if check and stopping.update_from(it, reported if taken else None, value):
-            converged = True
+        converged = log.add(it, taken, reported)
+        if bar is not None and it % 10 == 0 and log.last is not None:
+            bar.set_postfix(loss=f"{log.last:.3f}")
+        if converged:
             break
+    log.finish()
     if bar is not None:
         bar.close()
     num_iters = it + 1
-    if skipped == num_iters:
+    if log.skipped == num_iters:
         raise RuntimeError(
             f"All {num_iters} optimisation steps had a non-finite loss or gradient; the target "
             "log density is probably NaN/inf where q puts its mass. Check the potential."
         )
-    if skipped:
+    if log.skipped:
         logger.warning(
-            "Skipped %d of %d steps with a non-finite loss or gradient.", skipped, num_iters
+            "Skipped %d of %d steps with a non-finite loss or gradient.", log.skipped, num_iters
         )
     return FitResult(
-        losses=torch.tensor(losses, dtype=torch.get_default_dtype()),
+        losses=torch.tensor(log.losses, dtype=torch.get_default_dtype()),
         num_iters=num_iters,
         converged=converged,
-        num_skipped=skipped,
+        num_skipped=log.skipped,
         seconds=time.perf_counter() - start,
     )
+
+
+class _HostLosses:
+    """The losses of a :func:`fit` whose steps are decided on the host: each is read
+    after its step and handed to the stopping rule at once."""
+
+    def __init__(self, stopping: StoppingRule):
+        self.stopping = stopping
+        self.losses: list[float] = []
+        self.skipped = 0
+        self.last: float | None = None
+        self._check = type(stopping) is not NoStopping
+
+    def add(self, iteration: int, taken: bool | Tensor, reported: Tensor) -> bool:
+        """Record one iteration; whether the stopping rule stops."""
+        if taken:
+            value = _reported_value(reported)
+        else:
+            self.skipped += 1
+            value = math.nan
+        self.losses.append(value)
+        self.last = value
+        return self._check and self.stopping.update_from(
+            iteration, reported if taken else None, value
+        )
+
+    def finish(self) -> None:
+        """Nothing is pending."""
+
+
+class _DeviceLosses:
+    """The losses of a :func:`fit` whose steps are decided on the device: they stay there
+    and are read in one transfer when the stopping rule needs them
+    (:attr:`StoppingRule.loss_window`), or every ``_READ_EVERY`` iterations."""
+
+    _READ_EVERY = 100
+
+    def __init__(self, stopping: StoppingRule):
+        self.stopping = stopping
+        self.losses: list[float] = []
+        self.skipped = 0
+        self.last: float | None = None
+        self._window = stopping.loss_window
+        self._pending: list[tuple[int, Tensor, Tensor]] = []
+
+    def add(self, iteration: int, taken: bool | Tensor, reported: Tensor) -> bool:
+        """Record one iteration; whether the stopping rule stops."""
+        self._pending.append((iteration, torch.as_tensor(taken), reported.detach()))
+        window = self._window
+        stop = False
+        if window is None:
+            stop = self.stopping.update_from(iteration, None, math.nan)
+        if window is not None and (iteration + 1) % window == 0:
+            stop = self._read()
+        elif (iteration + 1) % self._READ_EVERY == 0:
+            self._read()
+        return stop
+
+    def finish(self) -> None:
+        """Read what is still pending (the stopping rule's decision is over)."""
+        self._read()
+
+    def _read(self) -> bool:
+        if not self._pending:
+            return False
+        means = torch.stack([r.mean().double() for _, _, r in self._pending])
+        flags = torch.stack([t.double() for _, t, _ in self._pending]).to(means.device)
+        values, taken = torch.stack((means, flags)).tolist()  # the one transfer
+        feed = self._window is not None
+        stop = False
+        for (iteration, _, reported), value, ok in zip(self._pending, values, taken, strict=True):
+            if not ok:
+                self.skipped += 1
+                value = math.nan
+            self.losses.append(value)
+            if feed:
+                stop = self.stopping.update_from(iteration, reported if ok else None, value)
+        self._pending = []
+        finite = [v for v in self.losses[-len(values) :] if math.isfinite(v)]
+        self.last = finite[-1] if finite else self.last
+        return stop
+
+
+def _reported_value(reported: Tensor) -> float:
+    """``float(reported.detach().mean())``; a one-element CPU tensor is read directly."""
+    if reported.dim() == 0 and reported.device.type == "cpu" and reported.is_floating_point():
+        return reported.item()
+    return float(reported.detach().mean())

@@ -80,6 +80,10 @@ class ValidationStopping(StoppingRule):
         self.stop_after_iters = check_positive_int("stop_after_iters", self.stop_after_iters)
         self.every = check_positive_int("every", self.every)
 
+    @property
+    def loss_window(self) -> int | None:
+        return None  # it reads its own validation loss, not the training losses
+
     def reset(self) -> None:
         self.losses = []
         self.best_loss, self.best_iteration, self._stale = math.inf, -1, 0

@@ -229,3 +229,31 @@ def test_size_factor_and_covariates(tiny_adata):
     scale = model.get_normalized_expression(return_numpy=True)
     sf = tiny_adata.obs["sf"].to_numpy()[:, None]
     np.testing.assert_allclose(latent, scale * sf, rtol=1e-4)
+
+
+def test_training_with_steps_decided_on_the_device_gives_the_same_model(monkeypatch):
+    """On a GPU no step reads anything back; forced on the CPU it trains the same weights."""
+    import importlib
+
+    fit_module = importlib.import_module("sbi_vi.vi.fit")
+
+    def trained():
+        adata = synthetic_counts(150, 30, n_cell_types=3, n_de_genes=4, seed=2)
+        SCVI.setup_anndata(adata, batch_key="batch")
+        torch.manual_seed(0)
+        model = SCVI(adata, n_latent=3, n_hidden=16)
+        model.train(
+            max_epochs=3, batch_size=32, check_val_every_n_epoch=1, show_progress_bar=False, seed=0
+        )
+        return model
+
+    host = trained()
+    monkeypatch.setattr(fit_module, "steps_on_device", lambda optimizer: True)
+    device = trained()
+    for (name, a), (_, b) in zip(
+        host.module.state_dict().items(), device.module.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    assert set(device.history) == set(host.history) >= {"elbo_train", "elbo_validation"}
+    for key in host.history:
+        assert device.history[key].equals(host.history[key]), key
