@@ -6,13 +6,13 @@ gradient-norm clipping, and early stopping once the validation loss has not impr
 ``stop_after_epochs`` consecutive epochs, after which the weights of the best epoch are
 restored. ``max_num_epochs`` caps the total number of epochs (counted across resumed calls).
 
-What makes it fast is what it leaves out: the data stay two tensors, each epoch gathers
-them once in a random order and slices views out of them (no ``DataLoader``, no per-sample
-collation), the loss is accumulated on the tensor side (no ``.item()`` per step), Adam is
-fused where torch offers it (the step itself is the engine's
-:func:`~sbi_vi.vi.fit.gradient_step`: skipped when the loss or a gradient is not finite),
-the best weights are copied into preallocated tensors, and
-the validation loss is one no-grad pass (in large chunks).
+The steps are the engine's one training loop, :func:`~sbi_vi.vi.fit.fit` (a step whose
+loss or gradient is not finite is skipped; on an accelerator nothing of a step is read back
+before the epoch ends), and the epochs are its stopping rule, :class:`EpochValidation`. What
+makes it fast is what it leaves out: the data stay two tensors, each epoch gathers them
+once in a random order and slices views out of them (no ``DataLoader``, no per-sample
+collation), Adam is fused where torch offers it, the best weights are copied into
+preallocated tensors, and the validation loss is one no-grad pass (in large chunks).
 """
 
 from __future__ import annotations
@@ -20,18 +20,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_vi._checks import check_in_interval, check_positive_float, check_positive_int
-from sbi_vi.vi.fit import gradient_step
+from sbi_vi.vi.fit import StoppingRule, fit
 
 __all__ = [
+    "EpochValidation",
     "EstimatorLoss",
     "TrainConfig",
     "TrainState",
@@ -160,6 +161,9 @@ def train_loop(
 ) -> nn.Module:
     """Train ``net`` on the pairs ``(theta [N, D], x [N, L])`` until early stopping.
 
+    The steps are :func:`~sbi_vi.vi.fit.fit`'s; the epochs, the validation, the best
+    weights and the early stopping are its stopping rule (:class:`EpochValidation`).
+
     Args:
         net: The network; its parameters are those of ``state.optimizer``.
         loss: The loss (see :class:`EstimatorLoss`).
@@ -181,12 +185,10 @@ def train_loop(
     ``state.best_weights`` loaded (if any epoch ever finished), and ``state`` counts only
     the epochs that finished: an interrupted epoch leaves no trace but its cost.
     """
-    train_idx, val_idx = state.train_indices, state.val_indices
-    n_train = train_idx.shape[0]
+    n_train = state.train_indices.shape[0]
     batch_size = min(config.training_batch_size, n_train)
     n_batches = n_train // batch_size
-    theta_val, x_val = theta[val_idx], x[val_idx]
-    clip = config.clip_max_norm
+    epochs_left = config.max_num_epochs - state.epoch
     bounded = config.max_num_epochs < MAX_EPOCHS
     bar = tqdm(
         total=config.max_num_epochs if bounded else None,
@@ -196,45 +198,36 @@ def train_loop(
         disable=not config.show_progress_bar,
         leave=False,
     )
+    rule = EpochValidation(
+        net,
+        loss,
+        theta[state.val_indices],
+        x[state.val_indices],
+        state,
+        config,
+        n_batches,
+        batch_size,
+        bar,
+        on_epoch,
+    )
+    batches = _epochs(theta, x, state.train_indices, batch_size, n_batches)
+
+    def closure() -> tuple[Tensor, Tensor]:
+        theta_b, x_b = next(batches)
+        value = loss(net, theta_b, x_b)
+        return value, value.detach()
+
     try:
-        while state.epoch < config.max_num_epochs:
-            if state.epochs_since_improvement >= config.stop_after_epochs:
-                break
-            start = time.perf_counter()
+        if epochs_left > 0 and state.epochs_since_improvement < config.stop_after_epochs:
             net.train()
-            order = train_idx[torch.randperm(n_train, device=train_idx.device)]
-            theta_epoch, x_epoch = theta[order], x[order]
-            total = torch.zeros((), dtype=theta.dtype, device=theta.device)
-            skipped = 0
-            for b in range(0, n_batches * batch_size, batch_size):
-                value = loss(net, theta_epoch[b : b + batch_size], x_epoch[b : b + batch_size])
-                if gradient_step(value, state.optimizer, clip_value=clip):
-                    total += value.detach()
-                else:
-                    skipped += 1
-            if skipped == n_batches:
-                raise RuntimeError(
-                    "Every gradient step of the epoch had a non-finite gradient: the loss is "
-                    "NaN or inf. Check the simulations for extreme values, or lower "
-                    "`learning_rate`."
-                )
-            train_loss = float(total) / (n_batches - skipped)
-            net.eval()
-            with torch.no_grad():
-                val_loss = float(loss.validation(net, theta_val, x_val, batch_size))
-            if val_loss < state.best_val_loss or state.best_weights is None:
-                state.best_weights = snapshot(net, state.best_weights)
-                state.best_val_loss = val_loss
-                state.epochs_since_improvement = 0
-            else:
-                state.epochs_since_improvement += 1
-            state.epoch += 1
-            if skipped:
-                logger.warning("Skipped %d steps with a non-finite gradient.", skipped)
-            if on_epoch is not None:
-                on_epoch(train_loss, val_loss, time.perf_counter() - start)
-            bar.update(1)
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{state.best_val_loss:.4f}")
+            fit(
+                closure,
+                state.optimizer,
+                max_num_iters=epochs_left * n_batches,
+                clip_value=config.clip_max_norm,
+                stopping=rule,
+                show_progress_bar=False,
+            )
     finally:  # also when interrupted (an exception, Ctrl-C): the best weights, eval mode
         bar.close()
         if state.best_weights is not None:
@@ -248,3 +241,91 @@ def train_loop(
             config.max_num_epochs,
         )
     return net
+
+
+def _epochs(
+    theta: Tensor, x: Tensor, train_idx: Tensor, batch_size: int, n_batches: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Minibatches of epoch after epoch: each epoch gathers the training rows once in a
+    random order (drawn when its first minibatch is asked for) and slices views of them;
+    the last incomplete minibatch is dropped."""
+    n_train = train_idx.shape[0]
+    while True:
+        order = train_idx[torch.randperm(n_train, device=train_idx.device)]
+        theta_epoch, x_epoch = theta[order], x[order]
+        for b in range(0, n_batches * batch_size, batch_size):
+            yield theta_epoch[b : b + batch_size], x_epoch[b : b + batch_size]
+
+
+class EpochValidation(StoppingRule):
+    """The estimators' epochs as a stopping rule of :func:`~sbi_vi.vi.fit.fit`.
+
+    After every ``n_batches`` steps it validates, keeps the best weights in
+    ``state.best_weights``, counts the epoch in ``state`` and stops after
+    ``config.stop_after_epochs`` epochs without a better validation loss (as ``sbi``).
+
+    Raises:
+        RuntimeError: At the end of an epoch all of whose steps were skipped as non-finite.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: EstimatorLoss,
+        theta_val: Tensor,
+        x_val: Tensor,
+        state: TrainState,
+        config: TrainConfig,
+        n_batches: int,
+        batch_size: int,
+        bar: Any,
+        on_epoch: Callable[[float, float, float], None] | None,
+    ):
+        self.net, self.loss, self.theta_val, self.x_val = net, loss, theta_val, x_val
+        self.state, self.config, self.bar, self.on_epoch = state, config, bar, on_epoch
+        self.n_batches, self.batch_size = n_batches, batch_size
+        self.reset()
+
+    @property
+    def loss_window(self) -> int | None:
+        return self.n_batches  # it reads the epoch's training losses at the epoch's end
+
+    def reset(self) -> None:
+        self._total, self._taken, self._start = 0.0, 0, time.perf_counter()
+
+    def update(self, iteration: int, value: float) -> bool:
+        if math.isfinite(value):
+            self._total += value
+            self._taken += 1
+        if (iteration + 1) % self.n_batches:
+            return False
+        state, net = self.state, self.net
+        if self._taken == 0:
+            raise RuntimeError(
+                "Every gradient step of the epoch had a non-finite gradient: the loss is "
+                "NaN or inf. Check the simulations for extreme values, or lower "
+                "`learning_rate`."
+            )
+        train_loss = self._total / self._taken
+        skipped = self.n_batches - self._taken
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(
+                self.loss.validation(net, self.theta_val, self.x_val, self.batch_size)
+            )
+        if val_loss < state.best_val_loss or state.best_weights is None:
+            state.best_weights = snapshot(net, state.best_weights)
+            state.best_val_loss = val_loss
+            state.epochs_since_improvement = 0
+        else:
+            state.epochs_since_improvement += 1
+        state.epoch += 1
+        if skipped:
+            logger.warning("Skipped %d steps with a non-finite gradient.", skipped)
+        if self.on_epoch is not None:
+            self.on_epoch(train_loss, val_loss, time.perf_counter() - self._start)
+        self.bar.update(1)
+        self.bar.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{state.best_val_loss:.4f}")
+        self.reset()
+        net.train()
+        return state.epochs_since_improvement >= self.config.stop_after_epochs

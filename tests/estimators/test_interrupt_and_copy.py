@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import pickle
 
 import pytest
 import torch
 
 from sbi_vi.errors import NotTrainedError
-from sbi_vi.estimators import NLE, NRE, training
+from sbi_vi.estimators import NLE, NRE
+
+fit_module = importlib.import_module("sbi_vi.vi.fit")  # the loop the estimators train in
 
 SMALL = {"hidden_features": 16, "num_transforms": 2}
 
@@ -26,7 +29,7 @@ class Interrupt(KeyboardInterrupt):
 
 def interrupt_after(monkeypatch, steps, exc=Interrupt):
     """Make the training loop raise ``exc`` at its ``steps + 1``-th gradient step."""
-    real = training.gradient_step
+    real = fit_module.gradient_step
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -35,7 +38,7 @@ def interrupt_after(monkeypatch, steps, exc=Interrupt):
             raise exc("stop")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "gradient_step", step)
+    monkeypatch.setattr(fit_module, "gradient_step", step)
 
 
 def consistent(summary):

@@ -102,3 +102,30 @@ def test_non_finite_loss_raises():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_steps_decided_on_the_device_train_the_same_estimator(monkeypatch, linear_gaussian):
+    """On a GPU the epoch's losses reach the loop at the epoch's end (one read per epoch);
+    forced on the CPU, that path trains the same weights as the host-decided one."""
+    import importlib
+
+    from sbi_vi.estimators import NLE
+
+    fit_module = importlib.import_module("sbi_vi.vi.fit")
+    theta, x = linear_gaussian.theta[:600], linear_gaussian.x[:600]
+
+    def trained():
+        est = NLE(linear_gaussian.prior, "maf", show_progress_bars=False, hidden_features=16)
+        est.append_simulations(theta, x).train(training_batch_size=50, max_num_epochs=6, seed=0)
+        return est
+
+    host = trained()
+    monkeypatch.setattr(fit_module, "steps_on_device", lambda optimizer: True)
+    device = trained()
+    assert device.summary["validation_loss"] == host.summary["validation_loss"]
+    for (name, a), (_, b) in zip(
+        host._neural_net.state_dict().items(),
+        device._neural_net.state_dict().items(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, msg=name)
