@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sbi_vi._checks import as_tensor, check_choice, check_positive_int
+from sbi_vi._checks import as_tensor, check_choice, check_positive_int, seeded
 
 __all__ = ["infer"]
 
@@ -119,8 +119,7 @@ def infer(
         for r in range(num_rounds)
     ]
 
-    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
-        torch.manual_seed(base_seed)
+    with seeded(base_seed):  # without touching the caller's RNG
         return _run_rounds(
             simulator,
             prior,

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sbi_vi._checks import check_choice, check_positive_int
+from sbi_vi._checks import check_choice, check_positive_int, seeded
 from sbi_vi.errors import SimulationError, SimulationWarning
 
 __all__ = [
@@ -87,8 +87,7 @@ def _seeded_rngs(words: np.ndarray) -> Iterator[None]:
         np_state = np.random.get_state()  # noqa: NPY002
         py_state = random.getstate()
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(int(words[0]) << 32 | int(words[1]))
+            with seeded(int(words[0]) << 32 | int(words[1])):
                 np.random.seed(words)  # noqa: NPY002
                 random.seed(int(words[2]) << 32 | int(words[3]))
                 yield

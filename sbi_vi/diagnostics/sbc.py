@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sbi_vi._checks import as_tensor, check_in_interval, check_positive_int
+from sbi_vi._checks import as_tensor, check_in_interval, check_positive_int, seeded
 
 __all__ = ["SBCResult", "check_sbc", "default_num_bins", "run_sbc"]
 
@@ -183,9 +183,7 @@ def _posterior_draws(
         raise TypeError("`posterior` must have a `log_prob(theta, x=...)` method for coverage.")
     dim = thetas.shape[1]
     # Gradients stay enabled around `posterior(x)`: it may train a fit for this x.
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.default_generator.manual_seed(seed)
+    with seeded(seed):
         for n in tqdm(
             range(thetas.shape[0]), desc=desc, disable=not show_progress_bar, leave=False
         ):

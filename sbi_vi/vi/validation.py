@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sbi_vi._checks import check_positive_int
+from sbi_vi._checks import check_positive_int, seeded
 from sbi_vi.vi.fit import StoppingRule
 
 __all__ = ["ValidationStopping", "common_random_numbers"]
@@ -25,7 +25,7 @@ __all__ = ["ValidationStopping", "common_random_numbers"]
 
 @contextlib.contextmanager
 def common_random_numbers(seed: int) -> Iterator[None]:
-    """Run the block on torch's CPU generator seeded with ``seed``, then restore its state.
+    """Run the block on torch's generators seeded with ``seed``, then restore their state.
 
     A Monte-Carlo validation loss evaluated inside this block draws the same base noise at
     every call, so its changes between iterations come from the weights alone, not from
@@ -39,8 +39,7 @@ def common_random_numbers(seed: int) -> Iterator[None]:
         >>> torch.equal(a, b)
         True
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         yield
 
 
