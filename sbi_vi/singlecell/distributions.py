@@ -91,8 +91,9 @@ def gamma_sample(concentration: Tensor, rate: Tensor, sample_shape: Size | tuple
     """Draws of Gamma(``concentration``, ``rate``), shape ``sample_shape + broadcast shape``.
 
     On the CPU the standard-gamma draws come from numpy's generator (Marsaglia–Tsang with a
-    ziggurat normal, about 2.4× faster than torch's CPU kernel), seeded by one draw from
-    torch's default generator, so ``torch.manual_seed`` still makes them reproducible.
+    ziggurat normal; faster than torch's CPU kernel, see ``benchmarks/README.md``), seeded
+    by one draw from torch's default generator, so ``torch.manual_seed`` still makes them
+    reproducible.
     Elsewhere torch's sampler is used. No gradient.
 
     Example:
