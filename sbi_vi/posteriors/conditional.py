@@ -8,20 +8,16 @@ amortised q into an unconditional family that single-observation training can re
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
-from sbi_vi.estimators.zscore import Standardize
+from sbi_vi.estimators.zscore import Standardize, ZScore
 from sbi_vi.posteriors.setup import event_size_of, standardisation
 from sbi_vi.vi.families import FAMILY_NAMES, Family, build_family
 
 __all__ = ["AtObservation", "ConditionalQ", "broadcast_theta_x", "build_conditional_q"]
-
-ZScore = Literal["none", "independent", "structured"]
 
 
 class ConditionalQ(nn.Module):
