@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -167,21 +168,20 @@ class AnnDataModel:
         """
         if adata is None:
             return None
-        uuid = getattr(adata, "uns", {}).get(UUID_KEY)
-        if uuid is None or SETUP_KEY not in adata.uns:
-            if required:
-                raise ValueError(
-                    f"Please set up your AnnData with {type(self).__name__}.setup_anndata first."
-                )
+        uns = getattr(adata, "uns", {})
+        uuid = uns.get(UUID_KEY)
+        if uuid is not None and str(uuid) in self._known_uuids:
+            return AnnDataManager(adata, self.setup, type(self).__name__)
+        if not required:
             return None
-        if str(uuid) not in self._known_uuids:
-            if required:
-                raise ValueError(
-                    "This AnnData was set up but never given to this model; pass it to one of "
-                    "the model's methods (`adata=`) or assign `model.adata = adata` first."
-                )
-            return None
-        return AnnDataManager(adata, self.setup, type(self).__name__)
+        if uuid is None or SETUP_KEY not in uns:
+            raise ValueError(
+                f"Please set up your AnnData with {type(self).__name__}.setup_anndata first."
+            )
+        raise ValueError(
+            "This AnnData was set up but never given to this model; pass it to one of "
+            "the model's methods (`adata=`) or assign `model.adata = adata` first."
+        )
 
     @property
     def registry_(self) -> dict[str, Any]:
@@ -230,6 +230,75 @@ class AnnDataModel:
         print(f"Setup via `{state['class']}.setup_anndata` with arguments:")
         for key, value in setup_args(setup).items():
             print(f"  {key}: {value!r}")
+
+    def get_from_registry(self, adata: Any, registry_key: str) -> np.ndarray | pd.DataFrame | Any:
+        """The registered data of one field of ``adata`` (see
+        :meth:`AnnDataManager.get_from_registry`).
+
+        Raises:
+            ValueError: ``adata`` was never set up nor given to the model.
+            KeyError: ``registry_key`` is not a registered field.
+        """
+        manager = cast(AnnDataManager, self.get_anndata_manager(adata, required=True))
+        return manager.get_from_registry(registry_key)
+
+    def data_registry(self, registry_key: str) -> np.ndarray | pd.DataFrame | Any:
+        """The registered data of one field of :attr:`adata` (scvi-tools' model method)."""
+        return self.adata_manager.get_from_registry(registry_key)
+
+    def get_state_registry(self, registry_key: str) -> attrdict:
+        """The state of one field (e.g. ``categorical_mapping`` of ``"batch"``)."""
+        return self.adata_manager.get_state_registry(registry_key)
+
+    def get_setup_arg(self, setup_arg: str) -> Any:
+        """One ``setup_anndata`` argument (e.g. ``"batch_key"``).
+
+        Raises:
+            KeyError: Not an argument of ``setup_anndata`` (the arguments are named).
+        """
+        args = self.registry_["setup_args"]
+        if setup_arg not in args:
+            raise KeyError(f"{setup_arg!r} is not a setup argument; arguments: {sorted(args)}.")
+        return args[setup_arg]
+
+    def view_registry(self, hide_state_registries: bool = False) -> None:
+        """Print the set-up of :attr:`adata` (arguments, summary statistics, fields)."""
+        self.adata_manager.view_registry(hide_state_registries=hide_state_registries)
+
+    def view_setup_method_args(self) -> None:
+        """Print the ``setup_anndata`` arguments of :attr:`adata`."""
+        print(f"Setup via `{type(self).__name__}.setup_anndata` with arguments:")
+        for key, value in self.registry_["setup_args"].items():
+            print(f"  {key}: {value!r}")
+
+    def get_var_names(self, legacy_mudata_format: bool = False) -> np.ndarray:
+        """The gene names of :attr:`adata`, as strings (``legacy_mudata_format`` is for
+        MuData, which is not offered, and changes nothing here)."""
+        del legacy_mudata_format
+        return np.asarray(self._adata.var_names.astype(str))
+
+    def transfer_fields(self, adata: Any, extend_categories: bool = False) -> Any:
+        """Set ``adata`` up as :attr:`adata` is (the model's set-up, checked against it) and
+        mark it as known to the model; returns ``adata``.
+
+        Raises:
+            NotImplementedError: ``extend_categories=True`` (new categories would need new
+                embedding rows: scArches surgery, which is not offered).
+            ValueError: ``adata`` does not fit the set-up (genes, columns, categories).
+        """
+        if extend_categories:
+            raise NotImplementedError(
+                "`extend_categories=True` is not offered: a new batch or label category "
+                "needs new weights (scArches reference mapping); train on all cells instead."
+            )
+        self.setup.transfer(adata)
+        self._register(adata)
+        return adata
+
+    @property
+    def minified_data_type(self) -> None:
+        """``None``: minified AnnData is not offered (see ``minify_adata``)."""
+        return None
 
     @property
     def is_trained(self) -> bool:

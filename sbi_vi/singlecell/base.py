@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from sbi_vi.singlecell.persistence import (
     read_model,
     write_model,
 )
+from sbi_vi.singlecell.refusals import ScviToolsRefusals
 from sbi_vi.singlecell.settings import settings
 from sbi_vi.singlecell.trainer import TrainerOptions, merge_kwargs, resolve_training
 from sbi_vi.singlecell.training import TrainingPlan, train_module
@@ -54,7 +56,7 @@ def _resolve_device(accelerator: str) -> torch.device:
     raise ValueError(f"`accelerator` must be 'auto', 'cpu' or 'gpu', got {accelerator!r}.")
 
 
-class BaseSingleCellModel(AnnDataModel):
+class BaseSingleCellModel(ScviToolsRefusals, AnnDataModel):
     """What every single-cell model has: its AnnData (:class:`AnnDataModel`), module,
     training and files.
 
@@ -321,61 +323,29 @@ class BaseSingleCellModel(AnnDataModel):
         self.validation_indices = np.asarray(state["validation_indices"])
         self.test_indices = np.asarray(state.get("test_indices", np.zeros(0, dtype=np.int64)))
 
-    # -- scvi-tools API that is not offered --------------------------------------------
+    @property
+    def id(self) -> str:
+        """An identifier of this model instance (a UUID, as scvi-tools')."""
+        if not getattr(self, "id_", ""):
+            self.id_ = str(uuid.uuid4())
+        return self.id_
 
-    @classmethod
-    def load_query_data(cls, *args: Any, **kwargs: Any) -> BaseSingleCellModel:
-        """Not offered: scArches reference mapping.
+    @property
+    def get_normalized_function_name(self) -> str:
+        """The name of the method that gives normalised expression (scvi-tools' property)."""
+        return "get_normalized_expression"
 
-        Raises:
-            NotImplementedError: Always; train one model on reference and query cells
-                together (``setup_anndata`` on their concatenation) instead.
-        """
-        raise _not_offered(cls, "load_query_data", "scArches reference mapping")
-
-    @staticmethod
-    def prepare_query_anndata(*args: Any, **kwargs: Any) -> Any:
-        """Not offered (see :meth:`load_query_data`).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(BaseSingleCellModel, "prepare_query_anndata", "scArches query set-up")
-
-    def minify_adata(self, *args: Any, **kwargs: Any) -> None:
-        """Not offered: minified AnnData (latent posterior parameters instead of counts).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(type(self), "minify_adata", "minified AnnData")
-
-    @classmethod
-    def convert_legacy_save(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: sbi_vi reads only its own saves (:meth:`save`).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "convert_legacy_save", "scvi-tools' legacy save files")
-
-    @classmethod
-    def setup_mudata(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: MuData; set up the RNA modality's AnnData with ``setup_anndata``.
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "setup_mudata", "MuData")
-
-    def differential_abundance(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: differential abundance over the aggregated posterior.
-
-        Raises:
-            NotImplementedError: Always; :meth:`get_aggregated_posterior` gives the
-                per-sample mixtures it compares.
-        """
-        raise _not_offered(type(self), "differential_abundance", "differential abundance")
+    @property
+    def summary_string(self) -> str:
+        """What scvi-tools prints for the model: its parameters and training status."""
+        params = ", ".join(
+            f"{k}: {v}" for k, v in self.init_params_.items() if not isinstance(v, dict)
+        )
+        status = "Trained" if self.is_trained_ else "Not Trained"
+        return (
+            f"{type(self).__name__} model with the following parameters: \n{params}.\n"
+            f"Training status: {status}\nModel's adata is minified?: False"
+        )
 
     @property
     def run_name(self) -> str:
@@ -401,13 +371,6 @@ class BaseSingleCellModel(AnnDataModel):
             f"{type(self).__name__}({self._adata.n_obs} cells × {self.setup.n_vars} genes, "
             f"{self.setup.n_batch} batches, {status})"
         )
-
-
-def _not_offered(cls: type, name: str, what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{cls.__name__}.{name} ({what}) is a scvi-tools method that sbi_vi.singlecell does not "
-        "offer; see the guide's 'Coming from scvi-tools' section for what maps and what not."
-    )
 
 
 def _has_batch_norm(module: torch.nn.Module) -> bool:

@@ -353,9 +353,66 @@ def test_scvi_tools_methods_not_offered_say_so(model):
         lambda: SCVI.convert_legacy_save("a", "b"),
         lambda: SCVI.setup_mudata(None),
         lambda: model.differential_abundance(),
+        lambda: SCVI.register_manager(None),
+        lambda: model.deregister_manager(),
+        lambda: model.update_setup_method_args({"batch_key": "x"}),
+        lambda: SCVI.load_registry("somewhere"),
+        lambda: SCVI.setup_annbatch(paths=["a.h5ad"]),
+        lambda: SCVI.prepare_query_mudata(None, model),
+        lambda: model.get_importance_weights(model.adata, [0, 1], None, None, None),
     ):
-        with pytest.raises(NotImplementedError, match="does not offer"):
+        with pytest.raises(NotImplementedError, match=r"SCVI\..* does not offer"):
             call()
+    with pytest.raises(AttributeError, match=r"no Lightning `trainer`.*history"):
+        _ = model.trainer
+    assert not hasattr(model, "trainer")
+
+
+def test_registry_reads_as_scvi_tools_model_methods(model, adata, capsys):
+    """BaseModelClass' registry methods, called as scvi-tools' docs and scripts call them."""
+    batches = model.get_from_registry(adata, "batch")
+    assert batches.shape == (adata.n_obs, 1)
+    codes = model.get_state_registry("batch").categorical_mapping
+    np.testing.assert_array_equal(np.asarray(codes)[batches[:, 0]], adata.obs["batch"].to_numpy())
+    np.testing.assert_array_equal(model.data_registry("batch"), batches)
+    assert model.get_from_registry(adata, "X").shape == adata.shape
+    assert model.get_setup_arg("batch_key") == "batch"
+    assert model.get_setup_arg("labels_key") == "cell_type"
+    assert model.get_setup_arg("layer") is None
+    with pytest.raises(KeyError, match=r"not a setup argument.*batch_key"):
+        model.get_setup_arg("batch")
+    with pytest.raises(KeyError, match="not a registered field"):
+        model.get_state_registry("nonsense")
+    never = adata.copy()
+    del never.uns["_sbi_vi_setup"], never.uns["_scvi_uuid"]
+    with pytest.raises(ValueError, match="setup_anndata"):
+        model.get_from_registry(never, "batch")
+    names = model.get_var_names()
+    assert isinstance(names, np.ndarray) and list(names) == list(adata.var_names)
+    assert model.minified_data_type is None
+    assert model.get_normalized_function_name == "get_normalized_expression"
+    assert isinstance(model.id, str) and model.id == model.id and len(model.id) == 36
+    assert model.summary_string.startswith("SCVI model with the following parameters")
+    assert "Training status: Not Trained" in model.summary_string
+    model.view_registry(hide_state_registries=True)
+    model.view_setup_method_args()
+    out = capsys.readouterr().out
+    assert "Setup via `SCVI.setup_anndata`" in out and "batch_key: 'batch'" in out
+
+
+def test_transfer_fields_sets_up_a_new_anndata(model, adata):
+    other = adata.copy()
+    del other.uns["_sbi_vi_setup"], other.uns["_scvi_uuid"]
+    assert model.transfer_fields(other) is other
+    assert model.get_anndata_manager(other) is not None
+    np.testing.assert_array_equal(
+        model.get_from_registry(other, "batch"), model.get_from_registry(adata, "batch")
+    )
+    with pytest.raises(NotImplementedError, match="extend_categories"):
+        model.transfer_fields(adata.copy(), extend_categories=True)
+    wrong = adata[:, :5].copy()
+    with pytest.raises(ValueError):
+        model.transfer_fields(wrong)
 
 
 def test_views_of_an_anndata_the_model_checked(model, adata, capsys):
