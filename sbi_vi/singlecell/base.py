@@ -288,17 +288,34 @@ class BaseSingleCellModel(ScviToolsRefusals, AnnDataModel):
         device: Any = "auto",
         prefix: str | None = None,
         backup_url: str | None = None,
+        datamodule: Any = None,
+        allowed_classes_names_list: list[str] | None = None,
     ) -> BaseSingleCellModel:
         """Load a model written by :meth:`save`; ``adata=None`` reads the saved AnnData.
+
+        ``allowed_classes_names_list`` (scvi-tools'), if given, must name this class: a file
+        is loaded only by the class that saved it.
 
         Raises:
             FileNotFoundError: No saved model in ``dir_path``.
             ValueError: A truncated or corrupted file, a file saved by another model class,
-                no saved AnnData and none given, or ``adata`` does not match the model's
-                genes / categories.
+                no saved AnnData and none given, ``adata`` does not match the model's
+                genes / categories, ``backup_url`` or ``datamodule`` (not offered), or an
+                ``allowed_classes_names_list`` without this class.
         """
         if backup_url is not None:
             raise ValueError("`backup_url` is not offered: sbi_vi does not download files.")
+        if datamodule is not None:
+            raise ValueError(
+                "`datamodule` is not offered: a loaded model reads its AnnData (`adata=`)."
+            )
+        if allowed_classes_names_list is not None and cls.__name__ not in list(
+            allowed_classes_names_list
+        ):
+            raise ValueError(
+                f"`allowed_classes_names_list={allowed_classes_names_list!r}` does not name "
+                f"{cls.__name__}, the class being loaded."
+            )
         _check_devices(device)
         state, setup, adata = read_model(cls.__name__, dir_path, prefix, adata)
         model = cls.__new__(cls)

@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_int
 from sbi_vi.singlecell.base import BaseSingleCellModel
+from sbi_vi.singlecell.counts import CountArray
 from sbi_vi.singlecell.de_sampling import importance_draws
 from sbi_vi.singlecell.de_settings import ImportanceSettings
 from sbi_vi.singlecell.distributions import (
@@ -247,7 +248,8 @@ class RNAMixin(BaseSingleCellModel):
         batch_size: int | None = None,
         return_sparse: bool = False,
         dataloader: Iterable[Any] | None = None,
-    ) -> np.ndarray | sp.csr_matrix:
+        silent: bool = True,
+    ) -> CountArray | sp.csr_matrix:
         """Counts drawn from the posterior predictive ``p(x̃ | x)`` of each cell.
 
         Each draw takes z, ℓ from q(· | x), decodes them and samples counts from the
@@ -260,10 +262,14 @@ class RNAMixin(BaseSingleCellModel):
             gene_list: Genes to return.
             return_sparse: Return a ``scipy.sparse.csr_matrix`` (``n_samples=1`` only;
                 counts are mostly zeros).
+            silent: scvi-tools' switch of a progress bar; there is none here.
 
         Returns:
-            ``[n_cells, n_genes]`` for one draw, ``[n_cells, n_genes, n_samples]`` else.
+            ``[n_cells, n_genes]`` for one draw, ``[n_cells, n_genes, n_samples]`` else: a
+            numpy array that also has scvi-tools' ``todense()`` / ``to_scipy_sparse()``
+            (:class:`~sbi_vi.singlecell.counts.CountArray`).
         """
+        del silent
         n_samples = check_positive_int("n_samples", n_samples)
         if return_sparse and n_samples > 1:
             raise ValueError("`return_sparse=True` needs `n_samples=1` (a matrix is 2-D).")
@@ -279,7 +285,7 @@ class RNAMixin(BaseSingleCellModel):
             out = out[..., 0]
             if return_sparse:
                 return sp.csr_matrix(out)
-        return out
+        return CountArray.of(out)
 
     @torch.no_grad()
     def get_likelihood_parameters(
@@ -330,6 +336,7 @@ class RNAMixin(BaseSingleCellModel):
         rna_size_factor: int = 1000,
         transform_batch: Any = None,
         correlation_type: str = "spearman",
+        silent: bool = True,
     ) -> pd.DataFrame:
         """Gene-gene correlation of denoised samples (Pearson or Spearman).
 
@@ -338,9 +345,12 @@ class RNAMixin(BaseSingleCellModel):
         latents per cell; correlations are computed over cells × samples and averaged over
         the ``transform_batch`` batches.
 
+        ``silent`` (scvi-tools' switch of a progress bar) changes nothing here.
+
         Returns:
             A ``[n_genes, n_genes]`` DataFrame indexed by gene names.
         """
+        del silent
         n_samples = check_positive_int("n_samples", n_samples)
         if correlation_type not in ("pearson", "spearman"):
             raise ValueError(

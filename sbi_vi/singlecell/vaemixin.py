@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_vi._checks import check_positive_int, seeded
+from sbi_vi._checks import check_positive_float, check_positive_int, seeded
 from sbi_vi.diagnostics import log_mean_weight, psis
 from sbi_vi.singlecell.base import BaseSingleCellModel
 from sbi_vi.singlecell.loader import CellBatch
@@ -179,26 +179,35 @@ class VAEMixin(BaseSingleCellModel):
         adata: Any | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        dof: float | None = 3.0,
         dataloader: Iterable[Any] | None = None,
     ) -> torch.distributions.MixtureSameFamily:
         """The aggregated posterior ``(1/N) Σ_n q(z | x_n)`` over the cells (scvi-tools').
 
-        Each cell's component is the Gaussian with its posterior mean and variance of z
-        (:meth:`get_latent_representation` with ``return_dist=True``).
+        Each cell's component has its posterior mean and standard deviation of z
+        (:meth:`get_latent_representation` with ``return_dist=True``): a Student-t with
+        ``dof`` degrees of freedom (scvi-tools 1.5's default, 3: heavier tails than the
+        encoder's Gaussian), or the Gaussian itself with ``dof=None``.
+
+        Raises:
+            ValueError: ``dof`` is not a positive number or ``None``.
 
         Returns:
-            A mixture with ``N`` equally weighted diagonal-Gaussian components of event shape
+            A mixture with ``N`` equally weighted diagonal components of event shape
             ``[n_latent]``.
         """
+        if dof is not None:
+            dof = check_positive_float("dof", dof)
         mean, var = self.get_latent_representation(
             adata, indices, batch_size=batch_size, return_dist=True, dataloader=dataloader
         )
         loc = torch.as_tensor(mean, device=self.device)
         scale = torch.as_tensor(var, device=self.device).sqrt()
         dist = torch.distributions
+        components = dist.Normal(loc, scale) if dof is None else dist.StudentT(dof, loc, scale)
         return dist.MixtureSameFamily(
             dist.Categorical(logits=torch.zeros(loc.shape[0], device=self.device)),
-            dist.Independent(dist.Normal(loc, scale), 1),
+            dist.Independent(components, 1),
         )
 
     @torch.no_grad()

@@ -130,11 +130,22 @@ def test_expression_methods(trained_model):
     assert pp.shape == (3, 50, 4) and (pp >= 0).all() and np.allclose(pp, np.round(pp))
     sparse = model.posterior_predictive_sample(return_sparse=True, gene_list=genes)
     assert sp.issparse(sparse) and sparse.shape == (200, 2)
+    # what scvi-tools users call on its GCXS return value works on ours
+    assert isinstance(pp.todense(), np.ndarray) and type(pp.todense()) is np.ndarray
+    np.testing.assert_array_equal(pp.todense(), np.asarray(pp))
+    assert pp.nnz == np.count_nonzero(np.asarray(pp)) and 0 < pp.density <= 1
+    one = model.posterior_predictive_sample(indices=[0, 1, 2], silent=True)
+    np.testing.assert_array_equal(one.to_scipy_sparse().toarray(), one.todense())
+    with pytest.raises(ValueError, match="2-D"):
+        pp.to_scipy_sparse()
+    assert type(pp.sum()) is not type(pp) and float(pp.sum()) == np.asarray(pp).sum()
     params = model.get_likelihood_parameters(indices=[0, 1])
     assert set(params) == {"mean", "dispersions", "dropout"}
     assert ((params["dropout"] >= 0) & (params["dropout"] <= 1)).all()
     assert model.get_likelihood_parameters(n_samples=3)["mean"].shape == (3, 200, 50)
-    corr = model.get_feature_correlation_matrix(n_samples=2, correlation_type="pearson")
+    corr = model.get_feature_correlation_matrix(
+        n_samples=2, correlation_type="pearson", silent=True
+    )
     assert corr.shape == (50, 50) and np.allclose(np.diag(corr), 1.0)
 
 

@@ -314,6 +314,16 @@ def test_trained_model_deepcopies_and_pickles(model):
         np.testing.assert_array_equal(z1, z2)
 
 
+def test_load_takes_scvi_tools_arguments(model, tmp_path):
+    model.save(tmp_path / "m")
+    loaded = SCVI.load(tmp_path / "m", adata=model.adata, allowed_classes_names_list=["SCVI"])
+    assert isinstance(loaded, SCVI)
+    with pytest.raises(ValueError, match=r"allowed_classes_names_list.*SCVI"):
+        SCVI.load(tmp_path / "m", adata=model.adata, allowed_classes_names_list=["SCANVI"])
+    with pytest.raises(ValueError, match="datamodule"):
+        SCVI.load(tmp_path / "m", adata=model.adata, datamodule=object())
+
+
 def test_corrupted_or_foreign_save_is_a_clear_error(model, tmp_path):
     model.save(tmp_path / "m")
     path = tmp_path / "m" / "model.pt"
@@ -330,16 +340,19 @@ def test_corrupted_or_foreign_save_is_a_clear_error(model, tmp_path):
 
 def test_aggregated_posterior_and_run_names(model):
     model.train(max_epochs=1, enable_progress_bar=False, seed=0)
-    agg = model.get_aggregated_posterior(indices=np.arange(20))
     mean, var = model.get_latent_representation(indices=np.arange(20), return_dist=True)
+    loc, scale = torch.as_tensor(mean), torch.as_tensor(var).sqrt()
     z = torch.zeros(1, 2)
-    expected = torch.logsumexp(
-        torch.distributions.Normal(torch.as_tensor(mean), torch.as_tensor(var).sqrt())
-        .log_prob(z)
-        .sum(-1),
-        0,
-    ) - np.log(20)
-    torch.testing.assert_close(agg.log_prob(z)[0], expected)
+    for dof, component in (
+        (None, torch.distributions.Normal(loc, scale)),
+        (3.0, torch.distributions.StudentT(3.0, loc, scale)),  # scvi-tools 1.5's default
+    ):
+        kwargs = {} if dof == 3.0 else {"dof": dof}
+        agg = model.get_aggregated_posterior(indices=np.arange(20), **kwargs)
+        expected = torch.logsumexp(component.log_prob(z).sum(-1), 0) - np.log(20)
+        torch.testing.assert_close(agg.log_prob(z)[0], expected)
+    with pytest.raises(ValueError, match="dof"):
+        model.get_aggregated_posterior(dof=0.0)
     assert model.run_name.startswith("run_") and model.run_id == ""
     model.run_id = "abc"
     assert model.run_id == "abc"
