@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sbi_vi._checks import check_in_interval, check_positive_float, check_positive_int
 from sbi_vi.vi.fit import StoppingRule, fit
+from sbi_vi.vi.optim import build_optimizer
 
 __all__ = [
     "EpochValidation",
@@ -111,11 +112,9 @@ class TrainState:
 
 
 def make_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused (one kernel for all parameters) where this torch build supports it."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+    """Adam, fused (one kernel for all parameters) where torch offers it
+    (:func:`~sbi_vi.vi.optim.build_optimizer`)."""
+    return build_optimizer(params, torch.optim.Adam, lr=lr)
 
 
 def split_indices(

@@ -27,6 +27,7 @@ from sbi_vi.singlecell.loader import CellBatch, CellData
 from sbi_vi.singlecell.module import VAE, LossOutput
 from sbi_vi.vi.divergences import Divergence
 from sbi_vi.vi.fit import StoppingRule, fit
+from sbi_vi.vi.optim import build_optimizer
 from sbi_vi.vi.validation import common_random_numbers
 
 __all__ = ["EpochMonitor", "TrainingPlan", "kl_weight", "steps_per_epoch", "train_module"]
@@ -138,10 +139,9 @@ class TrainingPlan:
             cls = choices[self.optimizer]
         else:
             cls = self.optimizer
-        kwargs = {"lr": self.lr, "weight_decay": self.weight_decay, "eps": self.eps}
-        if cls in (torch.optim.Adam, torch.optim.AdamW):
-            kwargs["fused"] = True  # one kernel per step on CPU and GPU
-        return cls(params, **kwargs)
+        return build_optimizer(
+            params, cls, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps
+        )
 
 
 def kl_weight(plan: TrainingPlan, epoch: int, step: int) -> float:

@@ -162,3 +162,21 @@ def test_steps_on_device_only_for_fused_adam_off_the_cpu():
     assert steps_on_device(torch.optim.AdamW([meta], fused=True))
     assert not steps_on_device(torch.optim.Adam([meta]))  # not fused: no found_inf
     assert not steps_on_device(torch.optim.SGD([meta], lr=0.1))
+
+
+def test_one_fused_policy_for_every_optimizer_builder():
+    from sbi_vi.vi.optim import build_optimizer, fuses
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    frozen = torch.zeros(2, requires_grad=False)
+    assert build_optimizer([p, frozen], lr=0.1).defaults["fused"]
+    assert len(build_optimizer([p, frozen], lr=0.1).param_groups[0]["params"]) == 1
+    assert build_optimizer([p], torch.optim.AdamW, lr=0.1).defaults["fused"]
+    assert not build_optimizer([p], torch.optim.Adam, lr=0.1, foreach=True).defaults["fused"]
+    assert "fused" not in build_optimizer([p], torch.optim.SGD, lr=0.1).defaults
+    meta = torch.nn.Parameter(torch.zeros(2, device="meta"))
+    assert not fuses(torch.optim.Adam, [meta])  # no fused kernel there: torch's loop
+    with pytest.raises(TypeError, match="optimizer"):
+        build_optimizer([p], "Adam")
+    with pytest.raises(ValueError, match="no trainable"):
+        build_optimizer([frozen])
