@@ -9,6 +9,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
+
+from sbi_vi.vi.divergences import VIMethod
 
 __all__ = ["main", "run_demo"]
 
@@ -160,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--q", default="nsf")
     # two-moons' posterior is bimodal: the mass-covering forward KL finds both moons, the
     # mode-seeking reverse KL one of them (PSIS k-hat then flags the fit as unreliable)
-    demo.add_argument("--vi-method", default="fKL", choices=["rKL", "fKL", "IW", "alpha"])
+    demo.add_argument("--vi-method", default="fKL", choices=list(get_args(VIMethod)))
     demo.add_argument("--max-num-iters", type=int, default=2000)
     demo.add_argument("--num-samples", type=int, default=10_000)
     demo.add_argument("--seed", type=int, default=0)

@@ -32,6 +32,7 @@ from sbi_vi.estimators.training import (
     train_loop,
 )
 from sbi_vi.priors import process_prior
+from sbi_vi.vi.divergences import VIMethod
 
 __all__ = ["NeuralEstimator"]
 
@@ -328,7 +329,7 @@ class NeuralEstimator(abc.ABC):
         density_estimator: nn.Module | None = None,
         prior: object | None = None,
         sample_with: Literal["vi"] = "vi",
-        vi_method: Literal["rKL", "fKL", "IW", "alpha"] = "rKL",
+        vi_method: VIMethod = "rKL",
         vi_parameters: dict[str, Any] | None = None,
     ) -> Any:
         """A :class:`~sbi_vi.posteriors.VIPosterior` on the trained network (untrained q).
