@@ -51,6 +51,16 @@ def test_a_batch_is_fitted_by_one_batched_fit_and_one_row_by_the_single_fit(batc
     assert iid.sample((4,)).shape == (4, D)
 
 
+def test_q_and_family_are_the_batched_fits_after_a_batched_train(batched):
+    q = batched.q
+    assert q.batch_shape == (3,) and q.event_shape == (D,)
+    theta = batched.sample((5,), x=X)
+    torch.testing.assert_close(q.log_prob(theta), batched.log_prob(theta, x=X))
+    assert batched.family is batched._fitted.module
+    fresh = _posterior()
+    assert fresh.q.batch_shape == () and fresh.family is fresh._single.family
+
+
 def test_shapes_match_those_of_an_amortised_q(batched):
     theta = batched.sample((7,))
     assert theta.shape == (7, 3, D)
@@ -206,6 +216,9 @@ def test_an_amortised_q_scores_draws_of_shape_n_b_d_as_the_batched_one():
         torch.testing.assert_close(post.log_prob(theta[:, b], x=X[b]), full[:, b])
     with pytest.raises(ValueError, match=r"a column per row of x \(\[\*n, 3, D\]\)"):
         post.log_prob(torch.zeros(6, 2, D), x=X)
+    with pytest.raises(ValueError, match="depends on x"):
+        _ = post.q  # q(θ | x) is a distribution only at an x
+    assert post.family is q
 
 
 def test_a_batched_posterior_round_trips_through_save_and_load(batched, tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Size, Tensor, nn
+from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_int
 from sbi_vi.diagnostics import psis
@@ -139,6 +140,18 @@ class AmortizedFit:
     def module(self) -> nn.Module:
         """The conditional family."""
         return self.q
+
+    def distribution(self) -> Distribution:
+        """Refused: q(θ | x) is a distribution only at an x.
+
+        Raises:
+            ValueError: Always, naming what to use instead.
+        """
+        raise ValueError(
+            "After train_amortized(), q(θ | x) depends on x: draw with sample(shape, x=x), "
+            "score with log_prob(theta, x=x), or use posterior.family (the conditional "
+            "module) directly."
+        )
 
     def to(self, device: str | torch.device) -> None:
         """Move q to ``device``."""

@@ -142,6 +142,10 @@ class BatchedFit:
             )
         return same.to(torch.uint8).argmax(1)
 
+    def distribution(self) -> Distribution:
+        """The B q's as one distribution of batch shape ``[B]``."""
+        return self.q(None)
+
     def q(self, index: Tensor | None) -> Distribution:
         """The q's of the rows ``index`` (``None``: all B), a distribution of batch ``[K]``."""
         if index is None:

@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Size, Tensor, nn
+from torch.distributions import Distribution
 
 from sbi_vi.posteriors.base import PosteriorBase
 
@@ -69,6 +70,15 @@ class FittedQ(Protocol):
     @property
     def trained(self) -> bool:
         """Whether q can be used (sampled, scored, evaluated)."""
+        ...
+
+    def distribution(self) -> Distribution:
+        """q as one distribution over the support (``VIPosterior.q``): batch shape ``[B]``
+        for B observations.
+
+        Raises:
+            ValueError: A q that needs x to be a distribution (amortised).
+        """
         ...
 
     def sample(self, sample_shape: Size, x: Tensor | None, post: PosteriorBase) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Size, Tensor, nn
+from torch.distributions import Distribution
 
 from sbi_vi._checks import check_positive_int
 from sbi_vi.errors import NotTrainedError
@@ -69,6 +70,10 @@ class SingleFit:
     def trained(self) -> bool:
         """Whether q has been trained for an observation."""
         return self.trained_on is not None
+
+    def distribution(self) -> Distribution:
+        """q(θ), a fresh distribution over the support."""
+        return self.family()
 
     @property
     def status(self) -> str:

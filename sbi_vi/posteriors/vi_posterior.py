@@ -147,13 +147,21 @@ class VIPosterior(FittedPosterior):
     # ------------------------------------------------------------------ configuration
     @property
     def q(self) -> Distribution:
-        """The variational distribution q(θ) (a fresh distribution over the support)."""
-        return self._single.family()
+        """The variational distribution q(θ), a fresh distribution over the support; after
+        ``train(x=X)`` with B observations, the B q's as one distribution of batch shape
+        ``[B]``.
+
+        Raises:
+            ValueError: After ``train_amortized`` (q(θ | x) needs an x: use ``sample`` /
+                ``log_prob`` with ``x=``).
+        """
+        return self._fitted.distribution()
 
     @property
     def family(self) -> Family:
-        """The trainable family module behind :attr:`q`."""
-        return self._single.family
+        """The trainable module behind :attr:`q` (the batched or the conditional family
+        after ``train(x=X)`` or ``train_amortized``)."""
+        return self._fitted.module
 
     @property
     def _optimizer(self) -> Any:

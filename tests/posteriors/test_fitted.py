@@ -54,6 +54,9 @@ class BatchedStandIn:
     def dist(self) -> Independent:
         return Independent(Normal(self.module.loc, POST_SD), 1)  # batch [B]
 
+    def distribution(self) -> Independent:
+        return self.dist()
+
     def sample(self, sample_shape, x, post):
         return self.dist().sample(sample_shape)
 
