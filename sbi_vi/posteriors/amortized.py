@@ -134,12 +134,17 @@ class AmortizedFit:
     trained = True
 
     def __init__(self, q: ConditionalQ):
-        self.q = q
+        self.conditional = q
+
+    def __setstate__(self, state: dict) -> None:
+        if "q" in state:  # saved before the attribute was renamed
+            state["conditional"] = state.pop("q")
+        self.__dict__.update(state)
 
     @property
     def module(self) -> nn.Module:
         """The conditional family."""
-        return self.q
+        return self.conditional
 
     def distribution(self) -> Distribution:
         """Refused: q(θ | x) is a distribution only at an x.
@@ -155,7 +160,7 @@ class AmortizedFit:
 
     def to(self, device: str | torch.device) -> None:
         """Move q to ``device``."""
-        self.q.to(device)
+        self.conditional.to(device)
 
     def require(self, x: Tensor | None, post: PosteriorBase) -> Tensor:
         """The checked observations ``[B, L]`` (default: the posterior's default x).
@@ -175,7 +180,7 @@ class AmortizedFit:
     def sample(self, sample_shape: Size, x: Tensor | None, post: PosteriorBase) -> Tensor:
         """``[*sample_shape, D]`` for one observation, ``[*sample_shape, B, D]`` for B."""
         x = self.require(x, post)
-        theta = sample_conditional(self.q, Size(sample_shape), x, 10_000)
+        theta = sample_conditional(self.conditional, Size(sample_shape), x, 10_000)
         return theta.squeeze(-2) if x.shape[0] == 1 else theta
 
     def sample_batched(
@@ -185,7 +190,7 @@ class AmortizedFit:
         sample_shape = check_sample_shape(sample_shape)
         batch = check_positive_int("max_sampling_batch_size", max_batch_size)
         x = post._check_x(x)
-        return sample_conditional(self.q, sample_shape, x, batch)
+        return sample_conditional(self.conditional, sample_shape, x, batch)
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None, post: PosteriorBase, track_gradients: bool
@@ -205,12 +210,12 @@ class AmortizedFit:
             if theta.shape[:-1].numel() == 0:
                 return theta.new_zeros(theta.shape[:-1])
             with torch.set_grad_enabled(track_gradients):
-                return log_prob_far_out(self.q(x), theta)
+                return log_prob_far_out(self.conditional(x), theta)
         flat, x = broadcast_theta_x(theta.reshape(-1, theta.shape[-1]), x)
         if flat.shape[0] == 0:  # as sample((0,)): an empty answer, no network pass
             return flat.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
-            out = log_prob_far_out(self.q(x), flat)
+            out = log_prob_far_out(self.conditional(x), flat)
         if theta.ndim > 2:  # [*N, D] under one x
             return out.reshape(theta.shape[:-1])
         return out[0] if theta.ndim == 1 and out.shape[0] == 1 else out
@@ -223,7 +228,9 @@ class AmortizedFit:
         x = self.require(x, post)
         post.potential_fn.set_x(x, x_is_iid=False)
         chunk = max(1, 100_000 // x.shape[0])
-        theta, log_p, log_q = importance_log_weights(self.q, post.potential_fn, N, x, chunk)
+        theta, log_p, log_q = importance_log_weights(
+            self.conditional, post.potential_fn, N, x, chunk
+        )
         return x, theta, log_p, log_q
 
     def evaluate(
@@ -245,7 +252,7 @@ class AmortizedFit:
         if x.shape[0] != 1:
             raise ValueError(f"map() takes one observation; got {x.shape[0]} rows of x.")
         n = check_positive_int("num_init_samples", num_init_samples)
-        return sample_conditional(self.q, Size((n,)), x, 10_000).squeeze(-2)
+        return sample_conditional(self.conditional, Size((n,)), x, 10_000).squeeze(-2)
 
     def at_observation(self, x: Tensor, post: PosteriorBase) -> tuple[nn.Module, Tensor]:
         """A copy of q(θ | x) with the context fixed at one observation ``[L]``/``[1, L]``,
@@ -253,8 +260,8 @@ class AmortizedFit:
         x = post._check_x(x)
         if x.shape[0] != 1:
             raise ValueError(f"refine() takes one observation; got {x.shape[0]} rows of x.")
-        return AtObservation(copy.deepcopy(self.q), x[0]), x
+        return AtObservation(copy.deepcopy(self.conditional), x[0]), x
 
     def continued(self) -> ConditionalQ | None:
         """A copy of q that further training may change (a failed call keeps this one)."""
-        return copy.deepcopy(self.q)
+        return copy.deepcopy(self.conditional)

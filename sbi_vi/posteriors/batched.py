@@ -144,9 +144,9 @@ class BatchedFit:
 
     def distribution(self) -> Distribution:
         """The B q's as one distribution of batch shape ``[B]``."""
-        return self.q(None)
+        return self.rows_q(None)
 
-    def q(self, index: Tensor | None) -> Distribution:
+    def rows_q(self, index: Tensor | None) -> Distribution:
         """The q's of the rows ``index`` (``None``: all B), a distribution of batch ``[K]``."""
         if index is None:
             return self.family()
@@ -159,7 +159,7 @@ class BatchedFit:
         for K rows of X, ``[*sample_shape, D]`` for one."""
         index = self.rows(x, post)
         with torch.no_grad():
-            theta = self.q(index).sample(sample_shape)
+            theta = self.rows_q(index).sample(sample_shape)
         return theta.squeeze(-2) if index is not None and index.numel() == 1 else theta
 
     def sample_batched(
@@ -170,7 +170,7 @@ class BatchedFit:
         check_positive_int("max_sampling_batch_size", max_batch_size)
         index = self.rows(x, post)
         with torch.no_grad():
-            return self.q(index).sample(sample_shape)
+            return self.rows_q(index).sample(sample_shape)
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None, post: PosteriorBase, track_gradients: bool
@@ -199,7 +199,7 @@ class BatchedFit:
         if value.shape[:-1].numel() == 0:
             return value.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
-            out = log_prob_far_out(self.q(index), value)
+            out = log_prob_far_out(self.rows_q(index), value)
         if squeeze is not None:
             return out.squeeze(squeeze)
         if theta.ndim <= 2 and k == 1:  # one observation: [N] (or [] for θ [D])
@@ -214,7 +214,7 @@ class BatchedFit:
         index = self.rows(x, post)
         x = self.trained_on if index is None else self.trained_on[index]
         post.potential_fn.set_x(x, x_is_iid=False)
-        q = self.q(index)
+        q = self.rows_q(index)
         chunk = max(1, 100_000 // x.shape[0])
         theta, log_p, log_q = importance_log_weights(
             lambda _: q, post.potential_fn, N, None, chunk
@@ -250,7 +250,7 @@ class BatchedFit:
                 "first or use init_method='prior'."
             )
         with torch.no_grad():
-            return self.q(same.nonzero()[0]).sample(Size((n,))).squeeze(-2)
+            return self.rows_q(same.nonzero()[0]).sample(Size((n,))).squeeze(-2)
 
     def at_observation(self, x: Tensor, post: PosteriorBase) -> tuple[nn.Module, Tensor]:
         """A copy of the q_b of one observation as an unbatched family, and x ``[1, L]``."""

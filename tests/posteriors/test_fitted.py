@@ -203,7 +203,7 @@ def test_a_posterior_pickled_in_the_old_layout_still_loads():
             "_optimizer": single.optimizer,
             "_scheduler": single.scheduler,
             "_optimizer_key": single.optimizer_key,
-            "_amortized": None if fitted is single else fitted.q,
+            "_amortized": None if fitted is single else fitted.conditional,
         }
         old = VIPosterior.__new__(VIPosterior)
         old.__setstate__(state)
@@ -213,6 +213,18 @@ def test_a_posterior_pickled_in_the_old_layout_still_loads():
         torch.manual_seed(4)
         torch.testing.assert_close(old.sample((5,), x=x), expected)
         assert repr(old) == repr(new) and type(old._fitted) is type(fitted)
+
+
+def test_an_amortised_fit_pickled_before_the_rename_still_loads():
+    import pickle
+
+    fitted = trained_amortized()._fitted
+    state = dict(fitted.__dict__)
+    state["q"] = state.pop("conditional")  # the attribute's name until 2026-12-08
+    old = type(fitted).__new__(type(fitted))
+    old.__setstate__(state)
+    assert old.conditional is fitted.conditional and not hasattr(old, "q")
+    assert pickle.loads(pickle.dumps(old)).conditional is not None
 
 
 def test_the_package_has_no_import_cycle():
