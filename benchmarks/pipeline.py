@@ -43,30 +43,40 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from _harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    _Collect,
-    _cpu_model,
-    _fmt,
-    _git,
-    _mark,
-    _names,
-    _nice_worker,
-    _now,
-    _version,
+from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    C2STRunner,
+    Timer,
+    c2st_job,
     c2st_output_for,
+    cell,
+    environment,
+    error_fields,
+    int_list,
+    latest_by,
+    load_average,
     load_rows,
+    log_c2st,
+    logged_warnings,
+    mark,
+    mean,
+    merge_c2st,
+    name_list,
+    now,
+    output_path,
+    ratio,
+    replace_block,
+    sbi_vi_path,
+    silenced,
+    time_limit,
+    warning_list,
     write_row,
 )
 from torch import Tensor  # noqa: E402
@@ -102,103 +112,18 @@ logger = logging.getLogger("pipeline_bench")
 # ---------------------------------------------------------------------------- set-up
 
 
-def _source_hash() -> str:
-    """Hash of the sbi_vi sources as imported (the package may be edited concurrently)."""
-    import sbi_vi
+VERSIONS = {
+    "sbi": "sbi",
+    "sbi_vi": "sbi_vi",
+    "zuko": "zuko",
+    "nflows": "nflows",
+    "sklearn": "scikit-learn",
+}
 
-    digest = hashlib.sha1()
-    for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
-
-def environment() -> dict[str, Any]:
+def run_environment() -> dict[str, Any]:
     """What a row needs to be read later: machine, versions, code state."""
-    import sbi_vi
-
-    return {
-        "device": "cpu",
-        "device_name": _cpu_model(),
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sbi": _version("sbi"),
-        "sbi_vi": _version("sbi_vi"),
-        "sbi_vi_path": str(Path(sbi_vi.__file__).parent),
-        "zuko": _version("zuko"),
-        "nflows": _version("nflows"),
-        "sklearn": _version("scikit-learn"),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "sbi_vi_dirty": bool(_git("status", "--porcelain", "sbi_vi")),
-        "sbi_vi_src_hash": _source_hash(),
-    }
-
-
-class _Timer:
-    """Wall and CPU seconds of a block (``with timer.time(): ...``) or of wrapped calls."""
-
-    def __init__(self) -> None:
-        self.wall = 0.0
-        self.cpu = 0.0
-        self.calls = 0
-
-    @contextlib.contextmanager
-    def time(self) -> Iterator[None]:
-        w, c = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.wall += time.perf_counter() - w
-            self.cpu += time.process_time() - c
-            self.calls += 1
-
-    def wrap(self, fn: Callable) -> Callable:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.time():
-                return fn(*args, **kwargs)
-
-        return timed
-
-
-class TrainTimeout(Exception):
-    """A ``train()`` ran past ``--timeout``."""
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float | None, what: str):
-    """Raise :class:`TrainTimeout` in the main thread after ``seconds`` (POSIX only)."""
-    import signal
-
-    if not seconds or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise TrainTimeout(f"{what} ran past the time limit of {seconds:.0f} s")
-
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _error(err: BaseException) -> dict[str, Any]:
-    out = {
-        "error": f"{type(err).__name__}: {err}"[:1000],
-        "traceback": traceback.format_exc()[-3000:],
-    }
-    if isinstance(err, TrainTimeout):
-        out["timed_out"] = True
-    return out
-
-
-def _warnings(caught: list) -> list[str] | None:
-    return sorted({f"{w.category.__name__}: {str(w.message)[:300]}" for w in caught}) or None
+    return {"device": "cpu", **environment(VERSIONS), "sbi_vi_path": sbi_vi_path()}
 
 
 # ---------------------------------------------------------------------------- data
@@ -226,7 +151,7 @@ class Problem:
         from sbi_vi import simulate
 
         info: dict[str, Any] = {}
-        timer = _Timer()
+        timer = Timer()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with timer.time():
@@ -239,10 +164,10 @@ class Problem:
                     show_progress_bar=False,
                 )
         info["simulate_wall_s"], info["simulate_cpu_s"] = timer.wall, timer.cpu
-        info["simulate_warnings"] = _warnings(caught)
+        info["simulate_warnings"] = warning_list(caught)
         self.simulate_info["sbi_vi"] = info
 
-        info, timer = {}, _Timer()
+        info, timer = {}, Timer()
         with torch.random.fork_rng(devices=[]), timer.time():
             # simulate_for_sbi seeds every global generator: fork torch's, not to leak it.
             simulate_for_sbi(
@@ -306,9 +231,9 @@ def train_estimator(
     theta = problem.theta if theta is None else theta
     x = problem.x if x is None else x
     info: dict[str, Any] = {}
-    timer = _Timer()
+    timer = Timer()
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), _time_limit(timeout, f"{method}.train()"):
+    with contextlib.redirect_stdout(stdout), time_limit(timeout, f"{method}.train()"):
         with timer.time():
             inference = make_estimator(package, method, prior)
             inference.append_simulations(theta.clone(), x.clone())
@@ -332,9 +257,9 @@ def train_vi(
 ) -> tuple[Any, dict[str, Any]]:
     """``build_posterior(sample_with="vi", ...)`` then ``set_default_x(x_o).train()``."""
     info: dict[str, Any] = {}
-    build, train, qc = _Timer(), _Timer(), _Timer()
+    build, train, qc = Timer(), Timer(), Timer()
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), _time_limit(timeout, "VI train()"):
+    with contextlib.redirect_stdout(stdout), time_limit(timeout, "VI train()"):
         with build.time():
             posterior = inference.build_posterior(
                 sample_with="vi", vi_method=VI_METHOD, vi_parameters={"q": VI_Q}
@@ -373,7 +298,7 @@ def sample_and_khat(
     from sbi_vi.diagnostics import psis
 
     info: dict[str, Any] = {}
-    timer = _Timer()
+    timer = Timer()
     with timer.time():
         theta = posterior.sample((num_samples,), show_progress_bars=False)
     info["sample_wall_s"], info["sample_cpu_s"] = timer.wall, timer.cpu
@@ -437,91 +362,95 @@ def run_one(
         "estimator_kwargs": est_kwargs,
         "vi_kwargs": vi_kwargs,
         "timeout_s": args.timeout,
-        "started": _now(),
-        "loadavg_1m": os.getloadavg()[0],
+        "started": now(),
+        "loadavg_1m": load_average(),
         **problem.simulate_info[package],
     }
     row["run_id"] = (
         f"{problem.name}-{method}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
     )
-    collect = _Collect()
-    logging.getLogger("sbi_vi").addHandler(collect)
-    logging.getLogger("sbi").addHandler(collect)
     per_obs: list[dict[str, Any]] = []
     row["per_observation"] = per_obs
-    try:
-        torch.manual_seed(args.seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                inference, info = train_estimator(
-                    package, problem, method, est_kwargs, args.timeout
-                )
-                row.update(info)
-                row["error"] = None
-            except Exception as err:
-                row.update(_error(err))
-                if row.get("timed_out"):
-                    row["estimator_wall_s"] = float(args.timeout)
-                inference = None
-        row["estimator_warnings"] = _warnings(caught)
-        logger.info("%-9s %-3s %-6s estimator %s", problem.name, method, package, _brief_est(row))
-        if inference is None:
-            return row
-        for obs, x_o in problem.observations.items():
-            o: dict[str, Any] = {"num_observation": obs, "loadavg_1m": os.getloadavg()[0]}
-            per_obs.append(o)
-            theta = None
+    with logged_warnings("sbi_vi", "sbi") as collect:
+        try:
+            torch.manual_seed(args.seed)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    torch.manual_seed(args.seed + obs)
-                    posterior, info = train_vi(package, inference, x_o, vi_kwargs, args.timeout)
-                    o.update(info)
-                    torch.manual_seed(args.seed + 100 + obs)
-                    theta, info = sample_and_khat(package, posterior, x_o, args.num_samples)
-                    o.update(info)
-                    o["error"] = None
+                    inference, info = train_estimator(
+                        package, problem, method, est_kwargs, args.timeout
+                    )
+                    row.update(info)
+                    row["error"] = None
                 except Exception as err:
-                    o.update(_error(err))
-            o["warnings"] = _warnings(caught)
-            o["sample_id"] = f"{row['run_id']}-o{obs}"
+                    row.update(error_fields(err))
+                    if row.get("timed_out"):
+                        row["estimator_wall_s"] = float(args.timeout)
+                    inference = None
+            row["estimator_warnings"] = warning_list(caught)
             logger.info(
-                "%-9s %-3s %-6s obs %d %s", problem.name, method, package, obs, _brief_obs(o)
+                "%-9s %-3s %-6s estimator %s", problem.name, method, package, _brief_est(row)
             )
-            if theta is not None:
-                runner.submit(o["sample_id"], problem.name, obs, theta, args)
-        ok = [o for o in per_obs if not o.get("error")]
-        if len(ok) == len(per_obs):
-            for field in ("wall", "cpu"):
-                row[f"vi_total_{field}_s"] = sum(o[f"vi_{field}_s"] for o in ok)
-                row[f"sample_total_{field}_s"] = sum(o[f"sample_{field}_s"] for o in ok)
-                row[f"total_{field}_s"] = (
-                    row[f"simulate_{field}_s"]
-                    + row[f"estimator_{field}_s"]
-                    + row[f"vi_total_{field}_s"]
-                    + row[f"sample_total_{field}_s"]
+            if inference is None:
+                return row
+            for obs, x_o in problem.observations.items():
+                o: dict[str, Any] = {"num_observation": obs, "loadavg_1m": load_average()}
+                per_obs.append(o)
+                theta = None
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        torch.manual_seed(args.seed + obs)
+                        posterior, info = train_vi(
+                            package, inference, x_o, vi_kwargs, args.timeout
+                        )
+                        o.update(info)
+                        torch.manual_seed(args.seed + 100 + obs)
+                        theta, info = sample_and_khat(package, posterior, x_o, args.num_samples)
+                        o.update(info)
+                        o["error"] = None
+                    except Exception as err:
+                        o.update(error_fields(err))
+                o["warnings"] = warning_list(caught)
+                o["sample_id"] = f"{row['run_id']}-o{obs}"
+                logger.info(
+                    "%-9s %-3s %-6s obs %d %s", problem.name, method, package, obs, _brief_obs(o)
                 )
-        row["num_observations_ok"] = len(ok)
-    finally:
-        logging.getLogger("sbi_vi").removeHandler(collect)
-        logging.getLogger("sbi").removeHandler(collect)
-        row["log_warnings"] = sorted(set(collect.messages)) or None
-        row["finished"] = _now()
-        row.update(env)
+                if theta is not None:
+                    runner.submit(
+                        {"sample_id": o["sample_id"], "num_observation": obs},
+                        o["sample_id"],
+                        problem.name,
+                        obs,
+                        theta,
+                        args.c2st_max_samples,
+                        args.seed,
+                    )
+            ok = [o for o in per_obs if not o.get("error")]
+            if len(ok) == len(per_obs):
+                for field in ("wall", "cpu"):
+                    row[f"vi_total_{field}_s"] = sum(o[f"vi_{field}_s"] for o in ok)
+                    row[f"sample_total_{field}_s"] = sum(o[f"sample_{field}_s"] for o in ok)
+                    row[f"total_{field}_s"] = (
+                        row[f"simulate_{field}_s"]
+                        + row[f"estimator_{field}_s"]
+                        + row[f"vi_total_{field}_s"]
+                        + row[f"sample_total_{field}_s"]
+                    )
+            row["num_observations_ok"] = len(ok)
+        finally:
+            row["log_warnings"] = sorted(set(collect.messages)) or None
+            row["finished"] = now()
+            row.update(env)
     return row
-
-
-def _f(value: Any, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
 
 
 def _brief_est(row: dict[str, Any]) -> str:
     if row.get("error"):
         return f"ERROR {row['error'][:160]}"
     return (
-        f"{_f(row.get('estimator_cpu_s'), '.1f')} cpu-s / {_f(row.get('estimator_wall_s'), '.1f')}"
-        f" s, {row.get('epochs')} epochs"
+        f"{cell(row.get('estimator_cpu_s'))} cpu-s / {cell(row.get('estimator_wall_s'))} s, "
+        f"{row.get('epochs')} epochs"
     )
 
 
@@ -529,9 +458,9 @@ def _brief_obs(o: dict[str, Any]) -> str:
     if o.get("error"):
         return f"ERROR {o['error'][:160]}"
     return (
-        f"VI {_f(o.get('vi_cpu_s'), '.1f')} cpu-s / {_f(o.get('vi_wall_s'), '.1f')} s "
-        f"(qc {_f(o.get('qc_cpu_s'), '.1f')}), {o.get('vi_iters')} it, sample "
-        f"{_f(o.get('sample_wall_s'), '.2f')} s, khat {_f(o.get('khat'), '.2f')}"
+        f"VI {cell(o.get('vi_cpu_s'), '.1f')} cpu-s / {cell(o.get('vi_wall_s'), '.1f')} s "
+        f"(qc {cell(o.get('qc_cpu_s'), '.1f')}), {o.get('vi_iters')} it, sample "
+        f"{cell(o.get('sample_wall_s'), '.2f')} s, khat {cell(o.get('khat'), '.2f')}"
     )
 
 
@@ -543,8 +472,7 @@ def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
     x_o = next(iter(problem.observations.values()))
     for package in packages:
         for method in methods:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with silenced():
                 torch.manual_seed(0)
                 inference, _ = train_estimator(
                     package,
@@ -568,90 +496,9 @@ def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
 # ---------------------------------------------------------------------------- C2ST
 
 
-def c2st_job(
-    sample_id: str,
-    task: str,
-    num_observation: int,
-    samples_path: str,
-    max_samples: int | None,
-    seed: int,
-    output: str,
-) -> dict[str, Any]:
-    """C2ST of saved q draws against the reference of one observation; appends one row."""
-    from sbi_vi.diagnostics import c2st
-    from sbi_vi.tasks import get_task
-
-    torch.set_num_threads(1)
-    row: dict[str, Any] = {
-        "kind": "c2st",
-        "sample_id": sample_id,
-        "num_observation": num_observation,
-        "started": _now(),
-    }
-    try:
-        theta = torch.load(samples_path)
-        reference = get_task(task).get_reference_posterior_samples(num_observation)
-        wall, cpu = time.perf_counter(), time.process_time()
-        row["c2st"] = c2st(theta, reference, seed=seed % 2**31, max_samples=max_samples)
-        row["c2st_wall_s"] = time.perf_counter() - wall
-        row["c2st_cpu_s"] = time.process_time() - cpu
-    except Exception as err:  # a broken q is a result, not a crash
-        row["c2st"] = None
-        row["c2st_error"] = f"{type(err).__name__}: {err}"[:500]
-    row["c2st_max_samples"] = max_samples
-    row["finished"] = _now()
-    write_row(Path(output), row)
-    return row
-
-
-def _log_c2st(row: dict[str, Any]) -> None:
-    value = row.get("c2st")
-    text = "error " + row.get("c2st_error", "") if value is None else f"{value:.3f}"
-    logger.info("c2st %s: %s (%.0f s)", row["sample_id"], text, row.get("c2st_wall_s") or 0)
-
-
-class C2STRunner:
-    """C2ST inline, deferred, or in one low-priority worker process."""
-
-    def __init__(self, mode: str, output: Path):
-        self.mode = mode
-        self.output = c2st_output_for(output)
-        self.pool = None
-        if mode == "background":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_nice_worker
-            )
-
-    def submit(
-        self, sample_id: str, task: str, obs: int, theta: Tensor, args: argparse.Namespace
-    ) -> None:
-        if self.mode == "skip":
-            return
-        SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
-        path = SAMPLES_DIR / f"{sample_id}.pt"
-        torch.save(theta, path)
-        job = (sample_id, task, obs, str(path), args.c2st_max_samples, args.seed, str(self.output))
-        if self.mode == "defer":
-            return  # computed later by `--c2st-missing` (e.g. in a parallel process)
-        if self.pool is None:
-            _log_c2st(c2st_job(*job))
-        else:
-            self.pool.submit(c2st_job, *job).add_done_callback(
-                lambda fut: _log_c2st(fut.result()) if not fut.exception() else None
-            )
-
-    def close(self) -> None:
-        if self.pool is not None:
-            logger.info("waiting for the pending C2ST jobs ...")
-            self.pool.shutdown(wait=True)
-
-
 def c2st_missing(args: argparse.Namespace) -> None:
     """Compute C2ST (in this process) for finished observations that have none yet."""
-    output = _output(args)
+    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
     done = {r["sample_id"] for r in load_rows(c2st_output_for(output)) if "sample_id" in r}
     for row in load_rows(output):
         if row.get("task") not in args.tasks:
@@ -660,9 +507,9 @@ def c2st_missing(args: argparse.Namespace) -> None:
             path = SAMPLES_DIR / f"{o.get('sample_id')}.pt"
             if o.get("error") or o.get("sample_id") in done or not path.exists():
                 continue
-            _log_c2st(
+            log_c2st(
                 c2st_job(
-                    o["sample_id"],
+                    {"sample_id": o["sample_id"], "num_observation": o["num_observation"]},
                     row["task"],
                     o["num_observation"],
                     str(path),
@@ -676,11 +523,11 @@ def c2st_missing(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- grid
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    output = _output(args)
-    env = environment()
+    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = run_environment()
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
-    runner = C2STRunner(args.c2st, output)
+    runner = C2STRunner(args.c2st, output, SAMPLES_DIR)
     config = 0
     try:
         for i, task_name in enumerate(args.tasks):
@@ -708,8 +555,8 @@ def run_grid(args: argparse.Namespace) -> None:
                         task_name,
                         method,
                         package,
-                        _f(row.get("total_cpu_s"), ".1f"),
-                        _f(row.get("total_wall_s"), ".1f"),
+                        cell(row.get("total_cpu_s"), ".1f"),
+                        cell(row.get("total_wall_s"), ".1f"),
                     )
     finally:
         runner.close()
@@ -720,29 +567,14 @@ def run_grid(args: argparse.Namespace) -> None:
 
 def merged_rows(path: Path) -> list[dict[str, Any]]:
     """Run rows with the C2ST of each observation (from ``*_c2st.jsonl``) filled in."""
-    c2st_rows = {r["sample_id"]: r for r in load_rows(c2st_output_for(path)) if "sample_id" in r}
-    rows = []
-    for row in load_rows(path):
-        for o in row.get("per_observation") or []:
-            extra = c2st_rows.get(o.get("sample_id"))
-            if extra is not None:
-                o.update({k: v for k, v in extra.items() if k.startswith("c2st")})
-        rows.append(row)
+    c2st_rows = latest_by(
+        (r for r in load_rows(c2st_output_for(path)) if "sample_id" in r),
+        lambda r: r["sample_id"],
+    )
+    rows = load_rows(path)
+    for row in rows:
+        merge_c2st(row.get("per_observation") or [], c2st_rows)
     return rows
-
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.fmean(values) if values else None
-
-
-def _median(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.median(values) if values else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str, Any]]:
@@ -776,10 +608,10 @@ def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str,
             obs = [o for o in (run or {}).get("per_observation", []) if not o.get("error")]
             s[f"{p}.num_obs"] = len(obs)
             s[f"{p}.c2st_n"] = sum(1 for o in obs if o.get("c2st") is not None)
-            s[f"{p}.c2st"] = _mean([o.get("c2st") for o in obs])
+            s[f"{p}.c2st"] = mean([o.get("c2st") for o in obs])
             s[f"{p}.c2st_each"] = [o.get("c2st") for o in obs]
             khats = [o.get("khat") for o in obs]
-            s[f"{p}.khat"] = _mean([k for k in khats if k is not None and math.isfinite(k)])
+            s[f"{p}.khat"] = mean([k for k in khats if k is not None and math.isfinite(k)])
             s[f"{p}.khat_each"] = khats
             s[f"{p}.vi_iters_each"] = [o.get("vi_iters") for o in obs]
             for field in (
@@ -796,12 +628,12 @@ def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str,
                 "total_cpu_s",
             ):
                 s[f"{p}.{field}"] = (run or {}).get(field)
-            s[f"{p}.vi_cpu_mean"] = _mean([o.get("vi_cpu_s") for o in obs])
-            s[f"{p}.vi_wall_mean"] = _mean([o.get("vi_wall_s") for o in obs])
-            s[f"{p}.qc_cpu_mean"] = _mean([o.get("qc_cpu_s") for o in obs])
-            s[f"{p}.sample_wall_mean"] = _mean([o.get("sample_wall_s") for o in obs])
+            s[f"{p}.vi_cpu_mean"] = mean([o.get("vi_cpu_s") for o in obs])
+            s[f"{p}.vi_wall_mean"] = mean([o.get("vi_wall_s") for o in obs])
+            s[f"{p}.qc_cpu_mean"] = mean([o.get("qc_cpu_s") for o in obs])
+            s[f"{p}.sample_wall_mean"] = mean([o.get("sample_wall_s") for o in obs])
         for field in ("total_cpu_s", "total_wall_s", "estimator_cpu_s", "vi_total_cpu_s"):
-            s[f"ratio_{field}"] = _ratio(s[f"sbi_vi.{field}"], s[f"sbi.{field}"])
+            s[f"ratio_{field}"] = ratio(s[f"sbi_vi.{field}"], s[f"sbi.{field}"])
         c_vi, c_sbi = s["sbi_vi.c2st"], s["sbi.c2st"]
         s["target_c2st"] = None if c_vi is None or c_sbi is None else c_vi <= c_sbi + C2ST_MARGIN
         r = s["ratio_total_cpu_s"]
@@ -811,7 +643,7 @@ def summarise(rows: list[dict[str, Any]], quick: bool = False) -> list[dict[str,
 
 
 def _pair(s: dict[str, Any], field: str, fmt: str = ".0f") -> str:
-    return f"{_fmt(s[f'sbi_vi.{field}'], fmt)} / {_fmt(s[f'sbi.{field}'], fmt)}"
+    return f"{cell(s[f'sbi_vi.{field}'], fmt)} / {cell(s[f'sbi.{field}'], fmt)}"
 
 
 def markdown_table(summaries: list[dict[str, Any]]) -> str:
@@ -827,12 +659,12 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
             f"| {s['task']} | {s['method']} | {_pair(s, 'estimator_cpu_s')} "
             f"| {_pair(s, 'epochs')} | {_pair(s, 'vi_total_cpu_s')} "
             f"| {_pair(s, 'total_cpu_s')} | {_pair(s, 'total_wall_s')} "
-            f"| {_fmt(s['ratio_estimator_cpu_s'], '.2f')} "
-            f"/ {_fmt(s['ratio_vi_total_cpu_s'], '.2f')} "
-            f"| {_fmt(s['ratio_total_cpu_s'], '.2f')} | {_fmt(s['ratio_total_wall_s'], '.2f')} "
-            f"| {_fmt(s['sbi_vi.c2st'], '.3f')} | {_fmt(s['sbi.c2st'], '.3f')} "
-            f"| {_fmt(s['sbi_vi.khat'], '.2f')} | {_fmt(s['sbi.khat'], '.2f')} "
-            f"| {_mark(s['target_c2st'])} | {_mark(s['target_time'])} |"
+            f"| {cell(s['ratio_estimator_cpu_s'], '.2f')} "
+            f"/ {cell(s['ratio_vi_total_cpu_s'], '.2f')} "
+            f"| {cell(s['ratio_total_cpu_s'], '.2f')} | {cell(s['ratio_total_wall_s'], '.2f')} "
+            f"| {cell(s['sbi_vi.c2st'], '.3f')} | {cell(s['sbi.c2st'], '.3f')} "
+            f"| {cell(s['sbi_vi.khat'], '.2f')} | {cell(s['sbi.khat'], '.2f')} "
+            f"| {mark(s['target_c2st'])} | {mark(s['target_time'])} |"
         )
     return "\n".join(lines)
 
@@ -848,7 +680,7 @@ def phase_table(summaries: list[dict[str, Any]]) -> str:
     lines = [head]
 
     def each(values: list, fmt: str) -> str:
-        return ", ".join(_fmt(v, fmt) for v in values) or "—"
+        return ", ".join(cell(v, fmt) for v in values) or "—"
 
     for s in summaries:
         for p in PACKAGES:
@@ -858,12 +690,12 @@ def phase_table(summaries: list[dict[str, Any]]) -> str:
                 lines.append(f"| {s['task']} | {s['method']} | {p} | {err} |||||||| ")
                 continue
             obs = [o for o in run.get("per_observation", []) if not o.get("error")]
-            vi = ", ".join(f"{_fmt(o.get('vi_cpu_s'))} / {_fmt(o.get('vi_wall_s'))}" for o in obs)
+            vi = ", ".join(f"{cell(o.get('vi_cpu_s'))} / {cell(o.get('vi_wall_s'))}" for o in obs)
             lines.append(
-                f"| {s['task']} | {s['method']} | {p} | {_fmt(s[f'{p}.simulate_wall_s'], '.2f')} "
-                f"| {_fmt(s[f'{p}.estimator_cpu_s'])} / {_fmt(s[f'{p}.estimator_wall_s'])} "
-                f"({_fmt(s[f'{p}.epochs'], '.0f')}) "
-                f"| {vi or '—'} ({_fmt(s[f'{p}.qc_cpu_mean'])}) "
+                f"| {s['task']} | {s['method']} | {p} | {cell(s[f'{p}.simulate_wall_s'], '.2f')} "
+                f"| {cell(s[f'{p}.estimator_cpu_s'])} / {cell(s[f'{p}.estimator_wall_s'])} "
+                f"({cell(s[f'{p}.epochs'], '.0f')}) "
+                f"| {vi or '—'} ({cell(s[f'{p}.qc_cpu_mean'])}) "
                 f"| {each(s[f'{p}.vi_iters_each'], 'd')} "
                 f"| {each([o.get('sample_wall_s') for o in obs], '.2f')} "
                 f"| {each(s[f'{p}.c2st_each'], '.3f')} | {each(s[f'{p}.khat_each'], '.2f')} "
@@ -905,21 +737,21 @@ def seed_summaries(rows: list[dict[str, Any]], quick: bool = False) -> list[dict
             entry: dict[str, Any] = {"seed": seed}
             for p in PACKAGES:
                 obs = [o for o in runs[p].get("per_observation", []) if not o.get("error")]
-                entry[f"{p}.c2st"] = _mean([o.get("c2st") for o in obs])
+                entry[f"{p}.c2st"] = mean([o.get("c2st") for o in obs])
                 entry[f"{p}.epochs"] = runs[p].get("epochs")
                 entry[f"{p}.total_cpu_s"] = runs[p].get("total_cpu_s")
                 entry[f"{p}.run"] = runs[p]
-            entry["ratio"] = _ratio(entry["sbi_vi.total_cpu_s"], entry["sbi.total_cpu_s"])
+            entry["ratio"] = ratio(entry["sbi_vi.total_cpu_s"], entry["sbi.total_cpu_s"])
             per_seed.append(entry)
-        mean = {
-            f: _mean([e[f] for e in per_seed])
+        means = {
+            f: mean([e[f] for e in per_seed])
             for f in ("sbi_vi.c2st", "sbi.c2st", "sbi_vi.epochs", "sbi.epochs", "ratio")
         }
-        c_vi, c_sbi = mean["sbi_vi.c2st"], mean["sbi.c2st"]
-        mean["target_c2st"] = (
+        c_vi, c_sbi = means["sbi_vi.c2st"], means["sbi.c2st"]
+        means["target_c2st"] = (
             None if c_vi is None or c_sbi is None else c_vi <= c_sbi + C2ST_MARGIN
         )
-        out.append({"task": key[0], "method": key[1], "seeds": per_seed, "mean": mean})
+        out.append({"task": key[0], "method": key[1], "seeds": per_seed, "mean": means})
     return out
 
 
@@ -933,18 +765,18 @@ def seed_table(seed_rows: list[dict[str, Any]]) -> str:
     for g in seed_rows:
         for e in g["seeds"]:
             lines.append(
-                f"| {g['task']} | {g['method']} | {e['seed']} | {_fmt(e['sbi_vi.c2st'], '.3f')} "
-                f"| {_fmt(e['sbi.c2st'], '.3f')} "
-                f"| {_fmt(e['sbi_vi.epochs'], '.0f')} / {_fmt(e['sbi.epochs'], '.0f')} "
-                f"| {_fmt(e['ratio'], '.2f')} | "
+                f"| {g['task']} | {g['method']} | {e['seed']} | {cell(e['sbi_vi.c2st'], '.3f')} "
+                f"| {cell(e['sbi.c2st'], '.3f')} "
+                f"| {cell(e['sbi_vi.epochs'], '.0f')} / {cell(e['sbi.epochs'], '.0f')} "
+                f"| {cell(e['ratio'], '.2f')} | "
                 f"| {_run_label(e['sbi_vi.run'])}; {_run_label(e['sbi.run'])} |"
             )
         m = g["mean"]
         lines.append(
             f"| {g['task']} | {g['method']} | **mean of {len(g['seeds'])}** "
-            f"| {_fmt(m['sbi_vi.c2st'], '.3f')} | {_fmt(m['sbi.c2st'], '.3f')} "
-            f"| {_fmt(m['sbi_vi.epochs'], '.0f')} / {_fmt(m['sbi.epochs'], '.0f')} "
-            f"| {_fmt(m['ratio'], '.2f')} | {_mark(m['target_c2st'])} | |"
+            f"| {cell(m['sbi_vi.c2st'], '.3f')} | {cell(m['sbi.c2st'], '.3f')} "
+            f"| {cell(m['sbi_vi.epochs'], '.0f')} / {cell(m['sbi.epochs'], '.0f')} "
+            f"| {cell(m['ratio'], '.2f')} | {mark(m['target_c2st'])} | |"
         )
     return "\n".join(lines)
 
@@ -972,7 +804,7 @@ def misses(summaries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def report(args: argparse.Namespace) -> None:
-    path = _output(args)
+    path = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
     rows = merged_rows(path)
     summaries = summarise(rows, quick=args.quick)
     seed_rows = seed_summaries(rows, quick=args.quick)
@@ -1003,7 +835,7 @@ def report(args: argparse.Namespace) -> None:
             "",
             f"Rows: {complete} task × method pairs with both packages finished, "
             f"{len(summaries)} started; built from `{os.path.relpath(path, ROOT.parent)}` "
-            f"({len(every)} runs, {len(used)} of them shown) on {_now()}. Each row shows the "
+            f"({len(every)} runs, {len(used)} of them shown) on {now()}. Each row shows the "
             "latest complete run of each package for that task × method, whatever its seed "
             "(the `run` column of the per-phase table names it); rows run with more than one "
             "seed also get the latest run per seed and their mean, below. Machines/versions "
@@ -1055,46 +887,23 @@ def report(args: argparse.Namespace) -> None:
     if args.quick:
         return  # smoke-test numbers are printed, never written into the README
     block = re.sub(r"\n{3,}", "\n\n", block)  # no double blank lines
-    text = README.read_text() if README.exists() else ""
-    if TABLE_START in text and TABLE_END in text:
-        before, rest = text.split(TABLE_START, 1)
-        _, after = rest.split(TABLE_END, 1)
-        text = before + block + after
-    else:
-        text = (text.rstrip() + "\n\n" if text else "# Benchmarks\n\n") + block + "\n"
-    README.write_text(text)
+    replace_block(README, TABLE_START, TABLE_END, block)
 
 
 # ---------------------------------------------------------------------------- CLI
-def _output(args: argparse.Namespace) -> Path:
-    if args.output:
-        return Path(args.output)
-    return QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
-
-
-def _observations(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from err
-    if not values or any(not 1 <= v <= 10 for v in values):
-        raise argparse.ArgumentTypeError(f"observations are 1..10; got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=_names(TASKS), default=list(TASKS))
-    parser.add_argument("--methods", type=_names(METHODS), default=list(METHODS))
+    parser.add_argument("--tasks", type=name_list(TASKS), default=list(TASKS))
+    parser.add_argument("--methods", type=name_list(METHODS), default=list(METHODS))
     parser.add_argument(
         "--packages",
-        type=_names(PACKAGES),
+        type=name_list(PACKAGES),
         default=list(PACKAGES),
         help="which side(s) to run (default both; the order alternates per task × method)",
     )
     parser.add_argument(
         "--observations",
-        type=_observations,
+        type=int_list(1, 10),
         default=None,
         help="comma-separated observation numbers (default 1,2,3; quick: 1)",
     )
