@@ -40,28 +40,37 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from _harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    _Collect,
-    _cpu_model,
-    _fmt,
-    _git,
-    _mark,
-    _names,
-    _nice_worker,
-    _now,
-    _version,
+from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    C2STRunner,
+    Timer,
+    c2st_job,
     c2st_output_for,
+    cell,
+    environment,
+    error_fields,
+    int_list,
+    load_average,
     load_rows,
+    log_c2st,
+    logged_warnings,
+    mark,
+    mean,
+    name_list,
+    now,
+    output_path,
+    ratio,
+    replace_block,
+    silenced,
+    timed,
+    warning_list,
     write_row,
 )
 from torch import Tensor  # noqa: E402
@@ -89,32 +98,7 @@ logger = logging.getLogger("amortized_bench")
 
 
 # ---------------------------------------------------------------------------- set-up
-def _source_hash() -> str:
-    """Hash of the sbi_vi sources as imported (the package is edited concurrently)."""
-    import sbi_vi
-
-    digest = hashlib.sha1()
-    for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "device_name": _cpu_model(),
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sbi": _version("sbi"),
-        "sbi_vi": _version("sbi_vi"),
-        "zuko": _version("zuko"),
-        "sklearn": _version("scikit-learn"),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "sbi_vi_dirty": bool(_git("status", "--porcelain", "sbi_vi")),
-        "sbi_vi_src_hash": _source_hash(),
-    }
+VERSIONS = {"sbi": "sbi", "sbi_vi": "sbi_vi", "zuko": "zuko", "sklearn": "scikit-learn"}
 
 
 def sbi_prior_like(prior: Any) -> Any:
@@ -202,16 +186,16 @@ class Problem:
         from sbi_vi.estimators import NLE
 
         if "nle" not in cache:
-            wall, cpu = time.perf_counter(), time.process_time()
-            nle = NLE(self.prior, show_progress_bars=False)
-            kwargs = {"max_num_epochs": 5} if args.quick else {}
-            net = nle.append_simulations(self.theta, self.x).train(seed=args.seed, **kwargs)
+            times: dict[str, float] = {}
+            with timed(times, "nle_train"):
+                nle = NLE(self.prior, show_progress_bars=False)
+                kwargs = {"max_num_epochs": 5} if args.quick else {}
+                net = nle.append_simulations(self.theta, self.x).train(seed=args.seed, **kwargs)
             cache["nle"] = net
             cache["nle_info"] = {
                 "nle_epochs": int(nle.summary["epochs_trained"][-1]),
                 "nle_best_validation_loss": float(nle.summary["best_validation_loss"][-1]),
-                "nle_train_wall_s": time.perf_counter() - wall,
-                "nle_train_cpu_s": time.process_time() - cpu,
+                **times,
             }
             logger.info("NLE trained: %s", cache["nle_info"])
         self.info.update(cache["nle_info"])
@@ -309,25 +293,19 @@ def train(
         counter = SbiIterations(posterior, cpu_limit)
     torch.manual_seed(seed)
     stdout = io.StringIO()
-    wall, cpu = time.perf_counter(), time.process_time()
     try:
-        with contextlib.redirect_stdout(stdout):
+        with timed(info, "train"), contextlib.redirect_stdout(stdout):
             posterior.train_amortized(
                 problem.theta, problem.x, show_progress_bar=False, **train_kwargs
             )
     except Exception as err:
-        info["train_wall_s"] = time.perf_counter() - wall
-        info["train_cpu_s"] = time.process_time() - cpu
-        info["error"] = f"{type(err).__name__}: {err}"[:1000]
-        info["traceback"] = traceback.format_exc()[-3000:]
+        info.update(error_fields(err))
         info["timed_out"] = isinstance(err, FitTimeout)
         if counter is not None:
             info["num_iters"] = counter.iters
             info["evaluated_best_snapshot"] = counter.restore_best()
             info["best_validation_loss"] = min(counter.val_losses, default=None)
         return (posterior if info.get("evaluated_best_snapshot") else None), info
-    info["train_wall_s"] = time.perf_counter() - wall
-    info["train_cpu_s"] = time.process_time() - cpu
     info["error"] = None
     info["stdout"] = stdout.getvalue().strip()[-600:] or None
     if package == "sbi_vi":
@@ -350,16 +328,13 @@ def evaluate(
     out: dict[str, Any] = {"obs": {}}
     draws: dict[int, Tensor] = {}
     torch.manual_seed(seed + 7)
-    sample_wall = sample_cpu = 0.0
+    sampling = Timer()
     for i, x_o in zip(args.observations, problem.observations, strict=True):
         x_o = x_o.reshape(1, -1)
         o: dict[str, Any] = {}
         try:
-            wall, cpu = time.perf_counter(), time.process_time()
-            with torch.no_grad():
+            with sampling.time(), torch.no_grad():
                 theta = posterior.sample((args.num_samples,), x=x_o)
-            sample_wall += time.perf_counter() - wall
-            sample_cpu += time.process_time() - cpu
             theta = theta.detach().reshape(args.num_samples, -1)
             o["num_nonfinite_samples"] = int((~torch.isfinite(theta).all(-1)).sum())
             draws[i] = theta[: args.c2st_samples].clone()
@@ -374,7 +349,7 @@ def evaluate(
         except Exception as err:
             o["error"] = f"{type(err).__name__}: {err}"[:500]
         out["obs"][str(i)] = o
-    out["sample_wall_s"], out["sample_cpu_s"] = sample_wall, sample_cpu
+    out["sample_wall_s"], out["sample_cpu_s"] = sampling.wall, sampling.cpu
     khats = [o.get("khat") for o in out["obs"].values()]
     finite = [k for k in khats if k is not None and math.isfinite(k)]
     out["khat_mean"] = statistics.fmean(finite) if len(finite) == len(khats) else None
@@ -423,73 +398,20 @@ def run_sbc(posterior: Any, problem: Problem, args: argparse.Namespace) -> dict[
 
 
 # ---------------------------------------------------------------------------- C2ST
-def c2st_job(
-    run_id: str, task: str, obs: int, samples_path: str, max_samples: int, seed: int, output: str
-) -> dict[str, Any]:
-    """C2ST of saved q draws against the reference of one observation; appends one row."""
-    from sbi_vi.diagnostics import c2st
-    from sbi_vi.tasks import get_task
-
-    torch.set_num_threads(1)
-    row: dict[str, Any] = {"kind": "c2st", "run_id": run_id, "obs": obs, "started": _now()}
-    try:
-        theta = torch.load(samples_path)
-        base = "two_moons" if task == "nle_two_moons" else task
-        reference = get_task(base).get_reference_posterior_samples(obs)
-        wall, cpu = time.perf_counter(), time.process_time()
-        row["c2st"] = c2st(theta, reference, seed=seed % 2**31, max_samples=max_samples)
-        row["c2st_wall_s"] = time.perf_counter() - wall
-        row["c2st_cpu_s"] = time.process_time() - cpu
-    except Exception as err:  # a broken q is a result, not a crash
-        row["c2st"] = None
-        row["c2st_error"] = f"{type(err).__name__}: {err}"[:500]
-    row["c2st_max_samples"] = max_samples
-    row["finished"] = _now()
-    write_row(Path(output), row)
-    return row
+def reference_task(task: str) -> str:
+    """The task whose reference posterior a task's draws are compared with."""
+    return "two_moons" if task == "nle_two_moons" else task
 
 
-class C2STRunner:
-    """C2ST in one low-priority worker process (or inline), so that timing never waits."""
-
-    def __init__(self, mode: str, output: Path):
-        self.mode = mode
-        self.output = c2st_output_for(output)
-        self.pool = None
-        if mode == "background":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_nice_worker
-            )
-
-    def submit(self, row: dict[str, Any], draws: dict[int, Tensor], max_samples: int) -> None:
-        if self.mode == "skip":
-            return
-        SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
-        for obs, theta in draws.items():
-            path = SAMPLES_DIR / f"{row['run_id']}-obs{obs}.pt"
-            torch.save(theta, path)
-            job = (row["run_id"], row["task"], obs, str(path), max_samples, row["seed"])
-            job = (*job, str(self.output))
-            if self.pool is None:
-                _log_c2st(c2st_job(*job))
-            else:
-                self.pool.submit(c2st_job, *job).add_done_callback(
-                    lambda fut: _log_c2st(fut.result()) if not fut.exception() else None
-                )
-
-    def close(self) -> None:
-        if self.pool is not None:
-            logger.info("waiting for the pending C2ST jobs ...")
-            self.pool.shutdown(wait=True)
-
-
-def _log_c2st(row: dict[str, Any]) -> None:
-    value = row.get("c2st")
-    text = "error " + row.get("c2st_error", "") if value is None else f"{value:.3f}"
-    logger.info("c2st %s obs %s: %s", row["run_id"], row["obs"], text)
+def submit_c2st(
+    runner: C2STRunner, row: dict[str, Any], draws: dict[int, Tensor], max_samples: int
+) -> None:
+    """The C2ST of each observation's draws of one fit, ``{"run_id", "obs"}`` rows."""
+    for obs, theta in draws.items():
+        ids = {"run_id": row["run_id"], "obs": obs}
+        name = f"{row['run_id']}-obs{obs}"
+        task = reference_task(row["task"])
+        runner.submit(ids, name, task, obs, theta, max_samples, row["seed"])
 
 
 # ---------------------------------------------------------------------------- the run
@@ -522,62 +444,56 @@ def run_one(
         "train_kwargs": train_kwargs_for(args),
         "cpu_limit_s": args.time_limit if package == "sbi" else None,
         "potential_max_abs_diff": potential_diff,
-        "started": _now(),
-        "loadavg_1m": os.getloadavg()[0],
+        "started": now(),
+        "loadavg_1m": load_average(),
         **problem.info,
     }
     row["run_id"] = (
         f"{problem.name}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
     )
-    collect = _Collect()
-    logging.getLogger("sbi_vi").addHandler(collect)
     draws: dict[int, Tensor] = {}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            posterior, info = train(
-                package, problem, seed, train_kwargs_for(args), args.time_limit
-            )
-            row.update(info)
-            logger.info(
-                "%-15s %-6s trained: %.1f CPU s, %.1f s, %s it%s",
-                problem.name,
-                package,
-                info["train_cpu_s"],
-                info["train_wall_s"],
-                info.get("num_iters"),
-                f" — {info['error'][:200]}" if info.get("error") else "",
-            )
-            if posterior is not None:
-                result, draws = evaluate(package, posterior, problem, args, seed)
-                row.update(result)
-                if package == "sbi_vi" and problem.name == "gaussian_linear" and args.sbc_num:
-                    try:
-                        row.update(run_sbc(posterior, problem, args))
-                    except Exception as err:
-                        row["sbc_error"] = f"{type(err).__name__}: {err}"[:500]
-        row["warnings"] = (
-            sorted({f"{w.category.__name__}: {str(w.message)[:300]}" for w in caught}) or None
-        )
-    except Exception as err:
-        row["error"] = f"{type(err).__name__}: {err}"[:1000]
-        row["traceback"] = traceback.format_exc()[-3000:]
-    finally:
-        logging.getLogger("sbi_vi").removeHandler(collect)
+    with logged_warnings("sbi_vi") as collect:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                posterior, info = train(
+                    package, problem, seed, train_kwargs_for(args), args.time_limit
+                )
+                row.update(info)
+                logger.info(
+                    "%-15s %-6s trained: %.1f CPU s, %.1f s, %s it%s",
+                    problem.name,
+                    package,
+                    info["train_cpu_s"],
+                    info["train_wall_s"],
+                    info.get("num_iters"),
+                    f" — {info['error'][:200]}" if info.get("error") else "",
+                )
+                if posterior is not None:
+                    result, draws = evaluate(package, posterior, problem, args, seed)
+                    row.update(result)
+                    if package == "sbi_vi" and problem.name == "gaussian_linear" and args.sbc_num:
+                        try:
+                            row.update(run_sbc(posterior, problem, args))
+                        except Exception as err:
+                            row["sbc_error"] = f"{type(err).__name__}: {err}"[:500]
+            row["warnings"] = warning_list(caught)
+        except Exception as err:
+            row.update(error_fields(err))
     row["log_warnings"] = sorted(set(collect.messages)) or None
-    row["finished"] = _now()
+    row["finished"] = now()
     row.update(env)
     write_row(output, row)
     logger.info(
         "%-15s %-6s k-hat mean %s (evaluate %s), sampling %s CPU s, SBC %s",
         problem.name,
         package,
-        _fmt(row.get("khat_mean"), ".3f"),
-        _fmt(row.get("evaluate_khat_mean"), ".3f"),
-        _fmt(row.get("sample_cpu_s"), ".1f"),
+        cell(row.get("khat_mean"), ".3f"),
+        cell(row.get("evaluate_khat_mean"), ".3f"),
+        cell(row.get("sample_cpu_s"), ".1f"),
         row.get("sbc_passed"),
     )
-    runner.submit(row, draws, args.c2st_samples)
+    submit_c2st(runner, row, draws, args.c2st_samples)
 
 
 def warm_up(problem: Problem, packages: list[str]) -> None:
@@ -586,8 +502,7 @@ def warm_up(problem: Problem, packages: list[str]) -> None:
 
     psis(torch.randn(100))
     for package in packages:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with silenced():
             posterior, _ = train(package, problem, 0, {"max_num_iters": 2, "n_particles": 4}, None)
             if posterior is not None:
                 posterior.sample((10,), x=problem.observations[:1])
@@ -595,11 +510,11 @@ def warm_up(problem: Problem, packages: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    output = Path(args.output) if args.output else (QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT)
-    env = environment()
+    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
-    runner = C2STRunner(args.c2st, output)
+    runner = C2STRunner(args.c2st, output, SAMPLES_DIR)
     cache: dict[str, Any] = {}
     try:
         for t, name in enumerate(args.tasks):
@@ -632,8 +547,9 @@ def c2st_missing(args: argparse.Namespace) -> None:
             if (row["run_id"], obs) in done or not path.exists():
                 continue
             max_samples = row.get("c2st_samples") or args.c2st_samples
-            job = (row["run_id"], row["task"], obs, str(path), max_samples, row["seed"])
-            _log_c2st(c2st_job(*job, str(target)))
+            ids = {"run_id": row["run_id"], "obs": obs}
+            task = reference_task(row["task"])
+            log_c2st(c2st_job(ids, task, obs, str(path), max_samples, row["seed"], str(target)))
 
 
 # ---------------------------------------------------------------------------- report
@@ -656,17 +572,15 @@ def summarise(path: Path) -> list[dict[str, Any]]:
             per_obs = c2st_rows.get(r.get("run_id"), {})
             values = [per_obs.get(i) for i in r.get("observations", [])]
             s[f"{p}_row"] = r
-            s[f"{p}_c2st"] = (
-                statistics.fmean(values) if values and all(v is not None for v in values) else None
-            )
+            s[f"{p}_c2st"] = mean(values) if all(v is not None for v in values) else None
             s[f"{p}_c2st_n"] = sum(v is not None for v in values)
         a, b = s["sbi_vi_row"], s["sbi_row"]
         crashed = bool(b.get("error")) and not b.get("timed_out")  # no time to compare
-        s["ratio_cpu"] = None if crashed else _ratio(a.get("train_cpu_s"), b.get("train_cpu_s"))
-        s["ratio_wall"] = None if crashed else _ratio(a.get("train_wall_s"), b.get("train_wall_s"))
+        s["ratio_cpu"] = None if crashed else ratio(a.get("train_cpu_s"), b.get("train_cpu_s"))
+        s["ratio_wall"] = None if crashed else ratio(a.get("train_wall_s"), b.get("train_wall_s"))
         s["bound"] = bool(b.get("timed_out"))  # sbi's time is at least the limit
-        ratio = s["ratio_cpu"]
-        s["target_time"] = None if ratio is None or a.get("error") else ratio <= TIME_RATIO
+        cpu_ratio = s["ratio_cpu"]
+        s["target_time"] = None if cpu_ratio is None or a.get("error") else cpu_ratio <= TIME_RATIO
         if s["bound"] and s["target_time"] is False:
             s["target_time"] = None  # an upper bound above the target decides nothing
         c_vi, c_sbi = s["sbi_vi_c2st"], s["sbi_c2st"]
@@ -678,14 +592,10 @@ def summarise(path: Path) -> list[dict[str, Any]]:
     return summaries
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def _cpu_cell(r: dict[str, Any]) -> str:
     if not r:
         return "—"
-    text = _fmt(r.get("train_cpu_s"))
+    text = cell(r.get("train_cpu_s"))
     if r.get("timed_out"):
         return f"> {text} (limit)"
     if r.get("error"):
@@ -705,11 +615,11 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
         lt = "< " if s["bound"] else ""
         sbc = "—"
         if a.get("sbc_passed") is not None:
-            sbc = f"{_mark(a['sbc_passed'])} (min p {a['sbc_min_pvalue']:.3f})"
+            sbc = f"{mark(a['sbc_passed'])} (min p {a['sbc_min_pvalue']:.3f})"
 
         def khat(r: dict[str, Any]) -> str:
             if r.get("khat_mean") is not None:
-                return _fmt(r["khat_mean"], ".2f")
+                return cell(r["khat_mean"], ".2f")
             if r.get("khat_mean_finite") is not None:
                 return f"{r['khat_mean_finite']:.2f} (finite only)"
             return "—"
@@ -718,17 +628,17 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
             n = s[f"{p}_c2st_n"]
             if s[f"{p}_c2st"] is None and n:
                 return f"({n}/10 done)"
-            return _fmt(s[f"{p}_c2st"], ".3f")
+            return cell(s[f"{p}_c2st"], ".3f")
 
         lines.append(
             f"| {s['task']} | {_cpu_cell(a)} | {_cpu_cell(b)} "
-            f"| {lt}{_fmt(s['ratio_cpu'], '.2f')} | {lt}{_fmt(s['ratio_wall'], '.2f')} "
-            f"| {_fmt(a.get('num_iters'), '.0f')} / {_fmt(b.get('num_iters'), '.0f')} "
+            f"| {lt}{cell(s['ratio_cpu'], '.2f')} | {lt}{cell(s['ratio_wall'], '.2f')} "
+            f"| {cell(a.get('num_iters'), '.0f')} / {cell(b.get('num_iters'), '.0f')} "
             f"| {c2('sbi_vi')} | {c2('sbi')} "
-            f"| {khat(a)} ({_fmt(a.get('evaluate_khat_mean'), '.2f')}) | {khat(b)} "
-            f"| {_fmt(a.get('sample_cpu_s'))} / {_fmt(b.get('sample_cpu_s'))} "
-            f"| {_mark(s['target_c2st'])}{' (sbi failed)' if s.get('sbi_failed') else ''} "
-            f"| {_mark(s['target_time'])} | {sbc} |"
+            f"| {khat(a)} ({cell(a.get('evaluate_khat_mean'), '.2f')}) | {khat(b)} "
+            f"| {cell(a.get('sample_cpu_s'))} / {cell(b.get('sample_cpu_s'))} "
+            f"| {mark(s['target_c2st'])}{' (sbi failed)' if s.get('sbi_failed') else ''} "
+            f"| {mark(s['target_time'])} | {sbc} |"
         )
     return "\n".join(lines)
 
@@ -759,7 +669,7 @@ def report(args: argparse.Namespace) -> None:
         [
             TABLE_START,
             "",
-            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} fits) on {_now()}; "
+            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} fits) on {now()}; "
             + "; ".join(f"{d}, torch {t}, sbi {s}" for d, t, s in envs)
             + ".",
             "",
@@ -771,33 +681,20 @@ def report(args: argparse.Namespace) -> None:
         ]
     )
     text = README.read_text()
-    if TABLE_START in text and TABLE_END in text:
-        before, rest = text.split(TABLE_START, 1)
-        _, after = rest.split(TABLE_END, 1)
-        text = before + block + after
-    elif SECTION in text:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + SECTION + "\n\n" + block + "\n"
-    README.write_text(text)
+    if TABLE_START not in text and SECTION not in text:
+        block = f"{SECTION}\n\n{block}"  # a README without the section gets its heading
+    replace_block(README, TABLE_START, TABLE_END, block)
     print(table)
     print("\n".join(notes(summaries)))
 
 
 # ---------------------------------------------------------------------------- CLI
-def _observations(text: str) -> list[int]:
-    values = [int(t) for t in text.split(",") if t.strip()]
-    if not values or any(v not in OBSERVATIONS for v in values):
-        raise argparse.ArgumentTypeError("observations are numbers in 1..10, comma-separated")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=_names(TASKS), default=list(TASKS))
-    parser.add_argument("--packages", type=_names(PACKAGES), default=list(PACKAGES))
+    parser.add_argument("--tasks", type=name_list(TASKS), default=list(TASKS))
+    parser.add_argument("--packages", type=name_list(PACKAGES), default=list(PACKAGES))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--observations", type=_observations, default=list(OBSERVATIONS))
+    parser.add_argument("--observations", type=int_list(1, 10), default=list(OBSERVATIONS))
     parser.add_argument("--num-simulations", type=int, default=10_000)
     parser.add_argument(
         "--num-samples", type=int, default=10_000, help="timed draws per observation"
