@@ -158,16 +158,16 @@ def child(package: str, mode: str, path: str, epochs: int, max_steps: int | None
             logging.getLogger(name).setLevel(logging.WARNING)
     row: dict[str, Any] = {"package": package, "mode": mode, "path": path, "epochs": epochs}
     row["rss_imports_mb"] = _rss_mb()
-    wall, cpu = time.perf_counter(), time.process_time()
-    adata = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
-    row["read_wall_s"], row["read_cpu_s"] = time.perf_counter() - wall, time.process_time() - cpu
+    from harness import timed  # torch is imported by now: this adds nothing to measure
+
+    with timed(row, "read"):
+        adata = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
     row["n_cells"], row["n_genes"] = int(adata.n_obs), int(adata.n_vars)
     row["rss_read_mb"] = _rss_mb()
     row["peak_read_mb"] = _peak_mb()  # anndata's own transient peak while reading
-    wall, cpu = time.perf_counter(), time.process_time()
-    SCVI.setup_anndata(adata, batch_key="batch")
-    model = SCVI(adata)
-    row["setup_wall_s"], row["setup_cpu_s"] = time.perf_counter() - wall, time.process_time() - cpu
+    with timed(row, "setup"):
+        SCVI.setup_anndata(adata, batch_key="batch")
+        model = SCVI(adata)
     row["rss_setup_mb"] = _rss_mb()
     kwargs: dict[str, Any] = {"max_epochs": epochs, "batch_size": BATCH_SIZE, "train_size": 1.0}
     if max_steps:
@@ -177,9 +177,8 @@ def child(package: str, mode: str, path: str, epochs: int, max_steps: int | None
     else:
         kwargs.update(accelerator="cpu", devices=1, enable_progress_bar=False)
     torch.manual_seed(0)
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.train(**kwargs)
-    row["train_wall_s"], row["train_cpu_s"] = time.perf_counter() - wall, time.process_time() - cpu
+    with timed(row, "train"):
+        model.train(**kwargs)
     steps_per_epoch = math.ceil(row["n_cells"] / BATCH_SIZE)
     steps = min(max_steps or steps_per_epoch * epochs, steps_per_epoch * epochs)
     cells = min(steps * BATCH_SIZE, row["n_cells"] * epochs)
@@ -197,11 +196,11 @@ def child(package: str, mode: str, path: str, epochs: int, max_steps: int | None
 
 def run_one(package: str, mode: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``child`` in a fresh interpreter; errors and timeouts become the row."""
-    from _harness import _cpu_model, _git, _now, _version
+    from harness import cpu_model, git, load_average, now, package_version  # imports torch
 
     cmd = [sys.executable, __file__, "_child", package, mode, str(path), str(args.epochs)]
     cmd += [str(args.max_steps or 0)]
-    row: dict[str, Any] = {"started": _now(), "loadavg_1m": os.getloadavg()[0]}
+    row: dict[str, Any] = {"started": now(), "loadavg_1m": load_average()}
     wall = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -215,13 +214,13 @@ def run_one(package: str, mode: str, path: Path, args: argparse.Namespace) -> di
         row.update(package=package, mode=mode, path=str(path), error=f"timeout {args.timeout}s")
     row["subprocess_wall_s"] = time.perf_counter() - wall
     row.update(
-        finished=_now(),
-        device_name=_cpu_model(),
-        torch=_version("torch"),
-        anndata=_version("anndata"),
-        h5py=_version("h5py"),
-        scvi_tools=_version("scvi-tools"),
-        git_commit=_git("rev-parse", "--short", "HEAD"),
+        finished=now(),
+        device_name=cpu_model(),
+        torch=package_version("torch"),
+        anndata=package_version("anndata"),
+        h5py=package_version("h5py"),
+        scvi_tools=package_version("scvi-tools"),
+        git_commit=git("rev-parse", "--short", "HEAD"),
         max_steps=args.max_steps,
     )
     return row
@@ -234,10 +233,11 @@ def report(path: Path) -> str:
     "over read" is the peak RSS minus the RSS after ``read_h5ad``: what set-up, model and
     training add to what anndata holds (``obs``, the cell names) for the same AnnData.
     """
-    latest: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        row = json.loads(line)
-        latest[(row.get("n_cells"), row["mode"], row["package"], row.get("max_steps"))] = row
+    from harness import latest_by, load_rows
+
+    latest = latest_by(
+        load_rows(path), lambda r: (r.get("n_cells"), r["mode"], r["package"], r.get("max_steps"))
+    )
     head = (
         "| package | mode | cells | steps | peak RSS MB | RSS after imports / read / set-up MB "
         "| peak over read MB | train CPU s | train wall s | cells / CPU-s | cells / wall-s |\n"
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "report":
         print(report(args.output))
         return
-    from _harness import write_row
+    from harness import write_row
 
     for n_cells in args.cells:
         path = atlas_path(args.dir, n_cells)

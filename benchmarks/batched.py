@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
-import time
 from pathlib import Path
 
 import torch
+from harness import Timer, git, load_average, write_row  # benchmarks/ is on sys.path
 
 from sbi_vi.diagnostics import c2st
 from sbi_vi.posteriors import VIPosterior
@@ -41,16 +39,6 @@ from sbi_vi.potentials import likelihood_estimator_based_potential
 from sbi_vi.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results" / "batched.jsonl"
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_batched(potential, prior, x: torch.Tensor, seed: int) -> VIPosterior:
@@ -68,12 +56,6 @@ def run_loop(potential, prior, x: torch.Tensor, seed: int) -> list[VIPosterior]:
         post.train(x=x[b : b + 1], seed=seed + b, show_progress_bar=False)
         posteriors.append(post)
     return posteriors
-
-
-def timed(fn, *args):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -95,18 +77,18 @@ def main() -> None:
     x = task.simulator(prior.sample((args.num_observations,)), seed=args.seed + 1)
     potential, _ = likelihood_estimator_based_potential(task.likelihood, prior)
     checked = list(range(0, args.num_observations, args.c2st_every))
-    RESULTS.parent.mkdir(exist_ok=True)
     for repeat in range(args.repeats):
         order = ("batched", "loop") if repeat % 2 == 0 else ("loop", "batched")
         for kind in order:
             seed = args.seed + 1000 * repeat
-            load = os.getloadavg()[0]
+            load = load_average()
+            timer = Timer()
             if kind == "batched":
-                post, wall, cpu = timed(run_batched, potential, prior, x, seed)
+                post = timer.wrap(run_batched)(potential, prior, x, seed)
                 draws = [post.sample((args.c2st_n,), x=x[b]) for b in checked]
                 iters = post.history[-1].num_iters
             else:
-                posts, wall, cpu = timed(run_loop, potential, prior, x, seed)
+                posts = timer.wrap(run_loop)(potential, prior, x, seed)
                 draws = [posts[b].sample((args.c2st_n,)) for b in checked]
                 iters = sum(p.history[-1].num_iters for p in posts) / len(posts)
             scores = []
@@ -120,8 +102,8 @@ def main() -> None:
                 "kind": kind,
                 "repeat": repeat,
                 "num_observations": args.num_observations,
-                "wall_s": wall,
-                "cpu_s": cpu,
+                "wall_s": timer.wall,
+                "cpu_s": timer.cpu,
                 "num_iters": iters,
                 "c2st_mean": sum(scores) / len(scores),
                 "c2st_max": max(scores),
@@ -129,14 +111,13 @@ def main() -> None:
                 "c2st_classifier": args.classifier,
                 "c2st": scores,
                 "load_1min": load,
-                "commit": _commit(),
+                "commit": git("rev-parse", "--short", "HEAD") or "unknown",
                 "torch": torch.__version__,
                 "machine": platform.machine(),
                 "quick": args.quick,
             }
             print(json.dumps({k: v for k, v in row.items() if k != "c2st"}), flush=True)
-            with RESULTS.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            write_row(RESULTS, row)
 
 
 if __name__ == "__main__":

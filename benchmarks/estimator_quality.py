@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import Timer, load_average, load_rows, write_row  # benchmarks/ is on sys.path
 from torch import Tensor
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,7 +96,22 @@ def train(variant: str, task: Any, theta: Tensor, x: Tensor, seed: int, sbi_mode
     """Train one estimator; return ``log_lik(x [N or 1, L], theta [N, D]) -> [N]`` (log q of
     each pair, x broadcast over the rows of theta) and its info."""
     torch.manual_seed(seed)
-    cpu, wall = time.process_time(), time.perf_counter()
+    timer = Timer()
+    with timer.time():
+        log_lik, inference, net = _fit(variant, task, theta, x, sbi_model)
+    info = {
+        "estimator_cpu_s": timer.cpu,
+        "estimator_wall_s": timer.wall,
+        "epochs": int(inference.summary["epochs_trained"][-1]),
+        "best_validation_loss": float(inference.summary["best_validation_loss"][-1]),
+        "validation_loss": [float(v) for v in inference.summary["validation_loss"]],
+    }
+    net.eval()
+    return log_lik, info
+
+
+def _fit(variant: str, task: Any, theta: Tensor, x: Tensor, sbi_model: str):
+    """The trained estimator of one variant: ``(log_lik, inference, net)``."""
     if variant == "sbi":
         from sbi.inference import NLE as SbiNLE
 
@@ -124,15 +140,7 @@ def train(variant: str, task: Any, theta: Tensor, x: Tensor, seed: int, sbi_mode
         def log_lik(x_b: Tensor, th: Tensor) -> Tensor:
             return net.log_prob(x_b.expand(th.shape[0], -1), th)
 
-    info = {
-        "estimator_cpu_s": time.process_time() - cpu,
-        "estimator_wall_s": time.perf_counter() - wall,
-        "epochs": int(inference.summary["epochs_trained"][-1]),
-        "best_validation_loss": float(inference.summary["best_validation_loss"][-1]),
-        "validation_loss": [float(v) for v in inference.summary["validation_loss"]],
-    }
-    net.eval()
-    return log_lik, info
+    return log_lik, inference, net
 
 
 def train_halving(inference: Any, plateau: int = 10, halvings: int = 3) -> Any:
@@ -283,8 +291,7 @@ def run(args: argparse.Namespace) -> None:
                 row = judge(true_ll, task, o, th, log_g, log_true, args.draws, 1, args.draws)
                 row.update(task=task_name, variant="true_likelihood", seed=None)
                 print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                write_row(out, row)
             continue
         for seed in [int(s) for s in args.seeds.split(",")]:
             theta, x = simulate_task(task, args.num_simulations, seed)
@@ -302,19 +309,18 @@ def run(args: argparse.Namespace) -> None:
                         judge(log_lik, task, o, *lens[o], args.draws, seed, args.draws)
                         for o in obs
                     ],
-                    "load1": __import__("os").getloadavg()[0],
+                    "load1": load_average(),
                     "machine": platform.processor() or platform.machine(),
                     "torch": torch.__version__,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
                 brief = {k: v for k, v in row.items() if k != "validation_loss"}
                 print(json.dumps(brief), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                write_row(out, row)
 
 
 def report(path: Path) -> None:
-    rows = [json.loads(line) for line in path.open()]
+    rows = load_rows(path)
     rows = [r for r in rows if r.get("seed") is not None]
     print(
         "| task | seed | package | variant | C2ST (mean over obs) | KL at x_o | test KL | "
