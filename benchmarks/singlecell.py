@@ -72,30 +72,34 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    _Collect,
-    _cpu_model,
-    _fmt,
-    _git,
-    _mark,
-    _names,
-    _now,
-    _version,
+from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    cell,
+    environment,
+    error_fields,
+    load_average,
     load_rows,
+    logged_warnings,
+    mark,
+    mean,
+    name_list,
+    now,
+    output_path,
+    ratio,
+    replace_block,
+    sbi_vi_path,
+    silenced,
+    timed,
+    warning_list,
     write_row,
 )
 
@@ -147,58 +151,20 @@ logger = logging.getLogger("singlecell_bench")
 
 
 # ---------------------------------------------------------------------------- set-up
-def _source_hash() -> str:
-    """Hash of the sbi_vi sources as imported (the package may be edited concurrently)."""
-    import sbi_vi
+VERSIONS = {
+    "scvi_tools": "scvi-tools",
+    "lightning": "lightning",
+    "anndata": "anndata",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "sbi_vi": "sbi_vi",
+    "zuko": "zuko",
+}
 
-    digest = hashlib.sha1()
-    for path in sorted(Path(sbi_vi.__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
-
-def environment() -> dict[str, Any]:
+def run_environment() -> dict[str, Any]:
     """What a row needs to be read later: machine, versions, code state."""
-    import sbi_vi
-
-    return {
-        "device": "cpu",
-        "device_name": _cpu_model(),
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "scvi_tools": _version("scvi-tools"),
-        "lightning": _version("lightning"),
-        "anndata": _version("anndata"),
-        "numpy": _version("numpy"),
-        "sklearn": _version("scikit-learn"),
-        "sbi_vi": _version("sbi_vi"),
-        "sbi_vi_path": str(Path(sbi_vi.__file__).parent),
-        "zuko": _version("zuko"),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "sbi_vi_dirty": bool(_git("status", "--porcelain", "sbi_vi")),
-        "sbi_vi_src_hash": _source_hash(),
-    }
-
-
-@contextlib.contextmanager
-def timed(out: dict[str, Any], name: str) -> Iterator[None]:
-    """Record ``{name}_cpu_s`` and ``{name}_wall_s`` of the block in ``out``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    try:
-        yield
-    finally:
-        out[f"{name}_wall_s"] = time.perf_counter() - wall
-        out[f"{name}_cpu_s"] = time.process_time() - cpu
-
-
-def _error(err: BaseException) -> dict[str, Any]:
-    return {
-        "error": f"{type(err).__name__}: {err}"[:1000],
-        "traceback": traceback.format_exc()[-3000:],
-    }
+    return {"device": "cpu", **environment(VERSIONS), "sbi_vi_path": sbi_vi_path()}
 
 
 def _quiet_libraries() -> None:
@@ -516,9 +482,9 @@ def phase_de(package: str, model: Any, ds: Dataset, seed: int) -> dict[str, Any]
         except AttributeError as err:
             if "differential_expression" in str(err):
                 return {"skipped": f"AttributeError: {err}"[:300]}
-            entry.update(_error(err))
+            entry.update(error_fields(err))
         except Exception as err:  # one failed comparison is a result, not a crash
-            entry.update(_error(err))
+            entry.update(error_fields(err))
         out["comparisons"].append(entry)
         logger.info("  %-6s DE %-8s %s", package, c["name"], _brief_de(entry))
     return out
@@ -528,14 +494,10 @@ def _brief_de(e: dict[str, Any]) -> str:
     if e.get("error"):
         return f"ERROR {e['error'][:160]}"
     return (
-        f"{_fmt(e.get('de_cpu_s'))} cpu-s, called {e.get('n_called')}, AUPRC "
-        f"{_fmt(e.get('auprc'), '.3f')}, precision {_fmt(e.get('precision'), '.3f')}, "
-        f"recall {_fmt(e.get('recall'), '.3f')}"
+        f"{cell(e.get('de_cpu_s'))} cpu-s, called {e.get('n_called')}, AUPRC "
+        f"{cell(e.get('auprc'), '.3f')}, precision {cell(e.get('precision'), '.3f')}, "
+        f"recall {cell(e.get('recall'), '.3f')}"
     )
-
-
-def _warning_list(caught: list) -> list[str] | None:
-    return sorted({f"{w.category.__name__}: {str(w.message)[:300]}" for w in caught}) or None
 
 
 def run_one(
@@ -553,71 +515,70 @@ def run_one(
         "batch_size": BATCH_SIZE,
         "n_epochs_kl_warmup": KL_WARMUP_EPOCHS,
         "train_size": 1.0,
-        "started": _now(),
-        "loadavg_1m": os.getloadavg()[0],
+        "started": now(),
+        "loadavg_1m": load_average(),
     }
     row["run_id"] = f"{ds.name}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
-    collect = _Collect()
-    for name in ("sbi_vi", "scvi", "lightning"):
-        logging.getLogger(name).addHandler(collect)
     stdout = io.StringIO()
-    try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
-            warnings.simplefilter("always")
-            adata, test = ds.train_adata(), ds.test_adata()
-            model = make_model(package, adata, args.seed, ds.model_kwargs)
-            with timed(row, "train"):
-                train_model(package, model, ds.epochs, args.seed)
-            row["torch_threads_after_train"] = torch.get_num_threads()
-            row["cells_per_cpu_s"] = ds.n_train * ds.epochs / row["train_cpu_s"]
-            row["cells_per_wall_s"] = ds.n_train * ds.epochs / row["train_wall_s"]
-            row["elbo_train_last"] = _history_last(model, "elbo_train")
-            logger.info(
-                "%-9s %-6s train %.1f cpu-s / %.1f s: %.0f cells per cpu-s, elbo_train %s",
-                ds.name,
-                package,
-                row["train_cpu_s"],
-                row["train_wall_s"],
-                row["cells_per_cpu_s"],
-                _fmt(row["elbo_train_last"]),
-            )
-            with contextlib.suppress(Exception):
-                save_model(package, model, _model_dir(args, ds.name, package))
-            for name, phase in (
-                ("marginal_ll", lambda: phase_marginal_ll(package, model, test, args.seed)),
-                ("expression", lambda: phase_expression(package, model, ds, args.seed)),
+    with logged_warnings("sbi_vi", "scvi", "lightning") as collect:
+        try:
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                contextlib.redirect_stdout(stdout),
             ):
+                warnings.simplefilter("always")
+                adata, test = ds.train_adata(), ds.test_adata()
+                model = make_model(package, adata, args.seed, ds.model_kwargs)
+                with timed(row, "train"):
+                    train_model(package, model, ds.epochs, args.seed)
+                row["torch_threads_after_train"] = torch.get_num_threads()
+                row["cells_per_cpu_s"] = ds.n_train * ds.epochs / row["train_cpu_s"]
+                row["cells_per_wall_s"] = ds.n_train * ds.epochs / row["train_wall_s"]
+                row["elbo_train_last"] = _history_last(model, "elbo_train")
+                logger.info(
+                    "%-9s %-6s train %.1f cpu-s / %.1f s: %.0f cells per cpu-s, elbo_train %s",
+                    ds.name,
+                    package,
+                    row["train_cpu_s"],
+                    row["train_wall_s"],
+                    row["cells_per_cpu_s"],
+                    cell(row["elbo_train_last"]),
+                )
+                with contextlib.suppress(Exception):
+                    save_model(package, model, _model_dir(args, ds.name, package))
+                for name, phase in (
+                    ("marginal_ll", lambda: phase_marginal_ll(package, model, test, args.seed)),
+                    ("expression", lambda: phase_expression(package, model, ds, args.seed)),
+                ):
+                    try:
+                        row.update(phase())
+                    except Exception as err:
+                        row[f"{name}_error"] = error_fields(err)["error"]
+                        row[f"{name}_traceback"] = error_fields(err)["traceback"]
+                logger.info("%-9s %-6s %s", ds.name, package, _brief_phases(row))
                 try:
-                    row.update(phase())
+                    row["de"] = phase_de(package, model, ds, args.seed)
                 except Exception as err:
-                    row[f"{name}_error"] = _error(err)["error"]
-                    row[f"{name}_traceback"] = _error(err)["traceback"]
-            logger.info("%-9s %-6s %s", ds.name, package, _brief_phases(row))
-            try:
-                row["de"] = phase_de(package, model, ds, args.seed)
-            except Exception as err:
-                row["de"] = _error(err)
-            row["error"] = None
-        row["warnings"] = _warning_list(caught)
-    except Exception as err:
-        row.update(_error(err))
-        logger.error("%s %s: %s", ds.name, package, row["error"])
-    finally:
-        for name in ("sbi_vi", "scvi", "lightning"):
-            logging.getLogger(name).removeHandler(collect)
-        row["log_warnings"] = sorted(set(collect.messages)) or None
-        row["stdout"] = stdout.getvalue().strip()[-600:] or None
-        row["finished"] = _now()
-        row.update(env)
+                    row["de"] = error_fields(err)
+                row["error"] = None
+            row["warnings"] = warning_list(caught)
+        except Exception as err:
+            row.update(error_fields(err))
+            logger.error("%s %s: %s", ds.name, package, row["error"])
+        finally:
+            row["log_warnings"] = sorted(set(collect.messages)) or None
+            row["stdout"] = stdout.getvalue().strip()[-600:] or None
+            row["finished"] = now()
+            row.update(env)
     return row
 
 
 def _brief_phases(row: dict[str, Any]) -> str:
     return (
-        f"mLL {_fmt(row.get('heldout_marginal_ll'))} ({_fmt(row.get('mll_cpu_s'))} cpu-s; "
-        f"batched {_fmt(row.get('mll_batched_cpu_s'))}), elbo {_fmt(row.get('heldout_elbo'))}, "
-        f"norm1 {_fmt(row.get('norm1_cpu_s'), '.2f')}, norm25 {_fmt(row.get('norm25_cpu_s'))}, "
-        f"ppc {_fmt(row.get('ppc_cpu_s'), '.2f')} cpu-s"
+        f"mLL {cell(row.get('heldout_marginal_ll'))} ({cell(row.get('mll_cpu_s'))} cpu-s; "
+        f"batched {cell(row.get('mll_batched_cpu_s'))}), elbo {cell(row.get('heldout_elbo'))}, "
+        f"norm1 {cell(row.get('norm1_cpu_s'), '.2f')}, norm25 {cell(row.get('norm25_cpu_s'))}, "
+        f"ppc {cell(row.get('ppc_cpu_s'), '.2f')} cpu-s"
     )
 
 
@@ -629,11 +590,7 @@ def warm_up(packages: list[str]) -> None:
     mask = np.zeros(300, dtype=bool)
     mask[:20] = True
     for package in packages:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
+        with silenced():
             for kwargs in (ZINB_MODEL_KWARGS, MODEL_KWARGS):  # both likelihoods' first calls
                 a = adata.copy()
                 model = make_model(package, a, 0, kwargs)
@@ -653,8 +610,8 @@ def warm_up(packages: list[str]) -> None:
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
-    output = _output(args)
-    env = environment()
+    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = run_environment()
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s", output)
     warm_up(args.packages)
@@ -682,8 +639,8 @@ def run_de_only(args: argparse.Namespace) -> None:
     """DE again from the models saved by the last run (``"kind": "de"`` rows)."""
     torch.set_num_threads(1)
     _quiet_libraries()
-    output = _output(args)
-    env = environment()
+    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = run_environment()
     runs = {
         (r["dataset"], r["package"]): r
         for r in load_rows(output)
@@ -709,8 +666,8 @@ def run_de_only(args: argparse.Namespace) -> None:
                 "seed": args.seed,
                 "run_id": run["run_id"],
                 "data_hash": ds.data_hash,
-                "started": _now(),
-                "loadavg_1m": os.getloadavg()[0],
+                "started": now(),
+                "loadavg_1m": load_average(),
             }
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -718,24 +675,15 @@ def run_de_only(args: argparse.Namespace) -> None:
                     model = load_model(package, path, ds.train_adata())
                     row["de"] = phase_de(package, model, ds, args.seed)
                 except Exception as err:
-                    row["de"] = _error(err)
-            row["warnings"] = _warning_list(caught)
-            row["finished"] = _now()
+                    row["de"] = error_fields(err)
+            row["warnings"] = warning_list(caught)
+            row["finished"] = now()
             row.update(env)
             write_row(output, row)
             logger.info("%-9s %-6s DE row written", name, package)
 
 
 # ---------------------------------------------------------------------------- report
-def _mean(values: list[Any]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(values) if values else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def de_summary(de: dict[str, Any] | None) -> dict[str, Any]:
     """Means over the 25-vs-25 repeats, and the all-cells comparison."""
     if not de or de.get("skipped") or de.get("error"):
@@ -749,13 +697,13 @@ def de_summary(de: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "status": None,
         "n_repeats": len(small),
-        "auprc": _mean([c.get("auprc") for c in small]),
-        "precision": _mean([c.get("precision") for c in small]),
-        "recall": _mean([c.get("recall") for c in small]),
+        "auprc": mean([c.get("auprc") for c in small], finite_only=True),
+        "precision": mean([c.get("precision") for c in small], finite_only=True),
+        "recall": mean([c.get("recall") for c in small], finite_only=True),
         "fdp_pooled": (1 - tp / called) if called and small and "auprc" in small[0] else None,
-        "n_called": _mean([c.get("n_called") for c in small]),
-        "cpu_s": _mean([c.get("de_cpu_s") for c in small]),
-        "lfc_corr": _mean([c.get("lfc_corr") for c in small]),
+        "n_called": mean([c.get("n_called") for c in small], finite_only=True),
+        "cpu_s": mean([c.get("de_cpu_s") for c in small], finite_only=True),
+        "lfc_corr": mean([c.get("lfc_corr") for c in small], finite_only=True),
         "all_auprc": full.get("auprc"),
         "all_precision": full.get("precision"),
         "all_recall": full.get("recall"),
@@ -809,7 +757,7 @@ def _mll_target(a: Any, b: Any, s: dict[str, Any]) -> bool | None:
 
 
 def _throughput_target(a: Any, b: Any, s: dict[str, Any]) -> bool | None:
-    r = _ratio(a, b)
+    r = ratio(a, b)
     mll = _mll_target(
         _get(s, "sbi_vi", "heldout_marginal_ll"), _get(s, "scvi", "heldout_marginal_ll"), s
     )
@@ -818,7 +766,7 @@ def _throughput_target(a: Any, b: Any, s: dict[str, Any]) -> bool | None:
 
 def _time_target(limit: float) -> Callable[[Any, Any, dict[str, Any]], bool | None]:
     def check(a: Any, b: Any, s: dict[str, Any]) -> bool | None:
-        r = _ratio(a, b)
+        r = ratio(a, b)
         return None if r is None else r <= limit
 
     return check
@@ -902,9 +850,9 @@ METRICS = [
 
 def _cell(s: dict[str, Any], p: str, key: str, fmt: str) -> str:
     value = _get(s, p, key)
-    text = _fmt(value, fmt)
+    text = cell(value, fmt)
     if key == "de.all_precision":
-        text += " / " + _fmt(_get(s, p, "de.all_recall"), fmt)
+        text += " / " + cell(_get(s, p, "de.all_recall"), fmt)
     if key.startswith("de.") and value is None and s[f"{p}.de"].get("status"):
         text = "skipped" if "skip" in str(s[f"{p}.de"]["status"]).lower() else "—"
     return text
@@ -917,21 +865,21 @@ def markdown_table(summaries: list[dict[str, Any]]) -> tuple[str, list[str]]:
     head += " | target | met (" + " / ".join(names) + ") |\n"
     head += "|---|" + "---:|---:|---:|" * len(names) + ":-:|:-:|"
     lines, missed = [head], []
-    for label, key, fmt, ratio, target, target_text in METRICS:
+    for label, key, fmt, as_ratio, target, target_text in METRICS:
         cells, marks, any_value = [], [], False
         for n in names:
             s = by_name[n]
             a, b = _get(s, "sbi_vi", key), _get(s, "scvi", key)
             any_value |= a is not None or b is not None
-            r = _ratio(a, b) if ratio else None
+            r = ratio(a, b) if as_ratio else None
             cells.append(
                 f"{_cell(s, 'sbi_vi', key, fmt)} | {_cell(s, 'scvi', key, fmt)} "
-                f"| {_fmt(r, '.2f') if ratio else ''}"
+                f"| {cell(r, '.2f') if as_ratio else ''}"
             )
             flag = target(a, b, s) if target else None
-            marks.append(_mark(flag))
+            marks.append(mark(flag))
             if flag is False:
-                missed.append(f"- {n}: {label}: sbi_vi {_fmt(a, fmt)}, scvi-tools {_fmt(b, fmt)}")
+                missed.append(f"- {n}: {label}: sbi_vi {cell(a, fmt)}, scvi-tools {cell(b, fmt)}")
         if not any_value:
             continue
         lines.append(
@@ -961,9 +909,9 @@ def runs_table(summaries: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {s['dataset']} | {run['n_cells']} × {run['n_genes']} "
                 f"({run['n_train_cells']} / {run['n_heldout_cells']}) | {run['n_batches']} "
-                f"| {_fmt(run.get('mean_library_size'), '.0f')} | {run['epochs']} | {LABEL[p]} "
+                f"| {cell(run.get('mean_library_size'), '.0f')} | {run['epochs']} | {LABEL[p]} "
                 f"| seed {run['seed']}, {str(run['started'])[5:16].replace('T', ' ')}, "
-                f"{_fmt(run.get('loadavg_1m'), '.2f')}, {run.get('sbi_vi_src_hash')} |"
+                f"{cell(run.get('loadavg_1m'), '.2f')}, {run.get('sbi_vi_src_hash')} |"
             )
     return "\n".join(lines)
 
@@ -992,7 +940,7 @@ def _overlap_notes(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def build_block(args: argparse.Namespace) -> tuple[str, str]:
-    path = _output(args)
+    path = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
     rows = load_rows(path)
     summaries = summarise(rows, quick=args.quick)
     table, missed = markdown_table(summaries)
@@ -1006,7 +954,7 @@ def build_block(args: argparse.Namespace) -> tuple[str, str]:
         [
             TABLE_START,
             "",
-            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} rows) on {_now()}: "
+            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} rows) on {now()}: "
             "the latest complete run of each package per data set (and its latest `--only de` "
             "row). Machines/versions: "
             + "; ".join(f"{d}, torch {t}, scvi-tools {v}" for d, t, v in envs)
@@ -1036,29 +984,16 @@ def report(args: argparse.Namespace, write: bool) -> None:
     print(block)
     if not write or args.quick:
         return  # smoke-test numbers are printed, never written into the README
-    text = README.read_text() if README.exists() else ""
-    if TABLE_START in text and TABLE_END in text:
-        before, rest = text.split(TABLE_START, 1)
-        _, after = rest.split(TABLE_END, 1)
-        text = before + block + after
-    else:
-        text = (text.rstrip() + "\n\n" if text else "# Benchmarks\n\n") + block + "\n"
-    README.write_text(text)
+    replace_block(README, TABLE_START, TABLE_END, block)
 
 
 # ---------------------------------------------------------------------------- CLI
-def _output(args: argparse.Namespace) -> Path:
-    if args.output:
-        return Path(args.output)
-    return QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", type=_names(DATASETS), default=list(DATASETS))
+    parser.add_argument("--datasets", type=name_list(DATASETS), default=list(DATASETS))
     parser.add_argument(
         "--packages",
-        type=_names(PACKAGES),
+        type=name_list(PACKAGES),
         default=list(PACKAGES),
         help="which side(s) to run (default both; the order alternates per data set)",
     )

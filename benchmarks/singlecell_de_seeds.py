@@ -29,28 +29,32 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
 import logging  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import warnings  # noqa: E402
 from typing import Any  # noqa: E402
 
 import singlecell  # noqa: E402
 import torch  # noqa: E402
-from _harness import _now, load_rows, write_row  # noqa: E402
+from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    latest_by,
+    load_average,
+    load_rows,
+    now,
+    silenced,
+    timed,
+    write_row,
+)
 from singlecell import (  # noqa: E402
     RESULTS,
     Dataset,
     _history_last,
     _quiet_libraries,
-    environment,
     load_model,
     make_model,
     phase_de,
+    run_environment,
     save_model,
-    timed,
 )
 from singlecell import parse_args as bench_args  # noqa: E402
 
@@ -74,12 +78,11 @@ def one_seed(package: str, seed: int, ds: Dataset, args: argparse.Namespace) -> 
         "train_seed": seed,
         "epochs": args.epochs,
         "data_hash": ds.data_hash,
-        "started": _now(),
-        "loadavg_1m": os.getloadavg()[0],
+        "started": now(),
+        "loadavg_1m": load_average(),
     }
     path = MODELS / f"{DATASET}-{package}-seed{seed}-e{args.epochs}"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with silenced():
         adata = ds.train_adata()
         if path.exists():
             model = load_model(package, path, adata)
@@ -96,8 +99,8 @@ def one_seed(package: str, seed: int, ds: Dataset, args: argparse.Namespace) -> 
                 row.setdefault("de_cells", {})[str(n_cells)] = phase_de(
                     package, model, _draws_only(ds, n_cells, args), 0
                 )
-    row["finished"] = _now()
-    row.update(environment())
+    row["finished"] = now()
+    row.update(run_environment())
     return row
 
 
@@ -133,7 +136,7 @@ def _des(row: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 def report() -> None:
     """Per-seed and mean ± sd AUPRC (latest row per package × seed × epochs), per group size."""
-    rows = {(r["package"], r["epochs"], r["train_seed"]): r for r in load_rows(OUTPUT)}
+    rows = latest_by(load_rows(OUTPUT), lambda r: (r["package"], r["epochs"], r["train_seed"]))
     lines = [
         "| package | epochs | train seed | cells per group | AUPRC (mean over draws) | min–max "
         "| all cells | precision / recall FDR 5 % |",
