@@ -194,3 +194,44 @@ def test_nsf_family_is_zukos_nsf_with_the_fast_spline():
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-7)
     # The inverse (sampling a density-direction flow) agrees too.
     torch.testing.assert_close(ours(context).transform.inv(y1), theta, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("randperm", [False, True])
+def test_maf_sample_direction_fast_path_is_zukos_flow(randperm):
+    # The "maf" family in the sampling direction draws without zuko's per-call objects: for
+    # the same weights and seed, the same draws, log-densities and gradients as zuko's own
+    # NormalizingFlow of the same module.
+    from sbi_vi.vi.families.flows import _AffineMAFSample
+
+    torch.manual_seed(0)
+    family = FlowFamily("maf", 4, num_transforms=3, hidden_features=8, randperm=randperm)
+    with torch.no_grad():  # away from the identity
+        for p in family.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    family = family.double()
+    fast = family.base()
+    assert isinstance(fast, _AffineMAFSample)
+    torch.manual_seed(1)
+    u1, lq1 = fast.rsample_and_log_prob((50, 2))
+    torch.manual_seed(1)
+    u2, lq2 = family.flow(None).rsample_and_log_prob((50, 2))
+    assert u1.shape == (50, 2, 4) and lq1.shape == (50, 2)
+    torch.testing.assert_close(u1, u2, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(lq1, lq2, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(fast.log_prob(u1.detach()), lq1.detach(), atol=1e-8, rtol=1e-8)
+    params = list(family.parameters())
+    g1 = torch.autograd.grad((u1.sum(-1) - lq1).sum(), params)
+    g2 = torch.autograd.grad((u2.sum(-1) - lq2).sum(), params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_other_flows_and_directions_keep_zukos_path():
+    from sbi_vi.vi.families.flows import _AffineMAFSample
+
+    torch.manual_seed(0)
+    assert isinstance(FlowFamily("maf", 3).base(), _AffineMAFSample)
+    assert not isinstance(FlowFamily("maf", 3, direction="density").base(), _AffineMAFSample)
+    assert not isinstance(FlowFamily("nsf", 3).base(), _AffineMAFSample)
+    conditional = FlowFamily("maf", 3, context_size=2)
+    assert not isinstance(conditional.base(torch.zeros(5, 2)), _AffineMAFSample)
