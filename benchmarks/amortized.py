@@ -51,6 +51,7 @@ import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     C2STRunner,
     Timer,
+    add_subset_option,
     c2st_job,
     c2st_output_for,
     cell,
@@ -63,7 +64,6 @@ from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     logged_warnings,
     mark,
     mean,
-    name_list,
     now,
     output_path,
     ratio,
@@ -691,8 +691,8 @@ def report(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=name_list(TASKS), default=list(TASKS))
-    parser.add_argument("--packages", type=name_list(PACKAGES), default=list(PACKAGES))
+    add_subset_option(parser, "--tasks", TASKS)
+    add_subset_option(parser, "--packages", PACKAGES)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--observations", type=int_list(1, 10), default=list(OBSERVATIONS))
     parser.add_argument("--num-simulations", type=int, default=10_000)

@@ -4,8 +4,8 @@ Each script in this folder keeps its own problems, its ``run_one`` and its table
 holds the plumbing they all need, so that a row written by one script reads like a row
 written by another:
 
-- provenance: :func:`environment` (machine, versions, git commit, a hash of the ``sbi_vi``
-  sources as imported), :func:`now`, :func:`load_average`;
+- provenance: :func:`environment` / :func:`run_environment` (machine, versions, git commit,
+  a hash of the ``sbi_vi`` sources as imported), :func:`now`, :func:`load_average`;
 - rows: :func:`write_row`, :func:`load_rows`, :func:`latest_by`, :func:`merge_c2st`,
   :func:`replace_block` (a generated table between two markers of a README);
 - timing: :class:`Timer`, :func:`timed`, :func:`time_limit` / :class:`TimeLimitExceeded`;
@@ -13,7 +13,8 @@ written by another:
   :func:`logged_warnings`, :func:`silenced`;
 - C2ST of saved draws in a low-priority worker: :func:`c2st_job`, :class:`C2STRunner`;
 - summaries and cells: :func:`mean`, :func:`median`, :func:`ratio`, :func:`cell`, :func:`mark`;
-- command lines: :func:`name_list`, :func:`int_list`, :func:`output_path`.
+- command lines: :func:`name_list`, :func:`add_subset_option`, :func:`int_list`,
+  :func:`output_path`.
 
 The scripts run from this folder (``python benchmarks/<script>.py``), so ``benchmarks/`` is on
 ``sys.path`` and they import this module as ``harness``.
@@ -129,6 +130,20 @@ def environment(versions: Mapping[str, str]) -> dict[str, Any]:
         "sbi_vi_dirty": bool(git("status", "--porcelain", "sbi_vi")),
         "sbi_vi_src_hash": source_hash(),
     }
+
+
+def run_environment(versions: Mapping[str, str], device: str = "cpu") -> dict[str, Any]:
+    """:func:`environment` with the ``device`` the row ran on and ``sbi_vi_path``.
+
+    Args:
+        versions: as for :func:`environment`.
+        device: where the timed work ran (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        ``device``, the fields of :func:`environment`, and ``sbi_vi_path``
+        (:func:`sbi_vi_path`: which checkout the row measured).
+    """
+    return {"device": device, **environment(versions), "sbi_vi_path": sbi_vi_path()}
 
 
 # ---------------------------------------------------------------------------- rows
@@ -523,6 +538,13 @@ def name_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def add_subset_option(
+    parser: argparse.ArgumentParser, flag: str, allowed: tuple[str, ...], help: str | None = None
+) -> None:
+    """Add ``flag``: a comma-separated subset of ``allowed`` (:func:`name_list`), default all."""
+    parser.add_argument(flag, type=name_list(allowed), default=list(allowed), help=help)
 
 
 def int_list(low: int, high: int) -> Callable[[str], list[int]]:

@@ -54,10 +54,10 @@ import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     C2STRunner,
     Timer,
+    add_subset_option,
     c2st_job,
     c2st_output_for,
     cell,
-    environment,
     error_fields,
     int_list,
     latest_by,
@@ -68,12 +68,11 @@ from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     mark,
     mean,
     merge_c2st,
-    name_list,
     now,
     output_path,
     ratio,
     replace_block,
-    sbi_vi_path,
+    run_environment,
     silenced,
     time_limit,
     warning_list,
@@ -119,11 +118,6 @@ VERSIONS = {
     "nflows": "nflows",
     "sklearn": "scikit-learn",
 }
-
-
-def run_environment() -> dict[str, Any]:
-    """What a row needs to be read later: machine, versions, code state."""
-    return {"device": "cpu", **environment(VERSIONS), "sbi_vi_path": sbi_vi_path()}
 
 
 # ---------------------------------------------------------------------------- data
@@ -524,7 +518,7 @@ def c2st_missing(args: argparse.Namespace) -> None:
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment()
+    env = run_environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
     runner = C2STRunner(args.c2st, output, SAMPLES_DIR)
@@ -893,12 +887,12 @@ def report(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=name_list(TASKS), default=list(TASKS))
-    parser.add_argument("--methods", type=name_list(METHODS), default=list(METHODS))
-    parser.add_argument(
+    add_subset_option(parser, "--tasks", TASKS)
+    add_subset_option(parser, "--methods", METHODS)
+    add_subset_option(
+        parser,
         "--packages",
-        type=name_list(PACKAGES),
-        default=list(PACKAGES),
+        PACKAGES,
         help="which side(s) to run (default both; the order alternates per task × method)",
     )
     parser.add_argument(

@@ -83,20 +83,19 @@ from typing import Any, NamedTuple  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    add_subset_option,
     cell,
-    environment,
     error_fields,
     load_average,
     load_rows,
     logged_warnings,
     mark,
     mean,
-    name_list,
     now,
     output_path,
     ratio,
     replace_block,
-    sbi_vi_path,
+    run_environment,
     silenced,
     timed,
     warning_list,
@@ -160,11 +159,6 @@ VERSIONS = {
     "sbi_vi": "sbi_vi",
     "zuko": "zuko",
 }
-
-
-def run_environment() -> dict[str, Any]:
-    """What a row needs to be read later: machine, versions, code state."""
-    return {"device": "cpu", **environment(VERSIONS), "sbi_vi_path": sbi_vi_path()}
 
 
 def _quiet_libraries() -> None:
@@ -611,7 +605,7 @@ def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
     output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment()
+    env = run_environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s", output)
     warm_up(args.packages)
@@ -640,7 +634,7 @@ def run_de_only(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
     output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment()
+    env = run_environment(VERSIONS)
     runs = {
         (r["dataset"], r["package"]): r
         for r in load_rows(output)
@@ -990,11 +984,11 @@ def report(args: argparse.Namespace, write: bool) -> None:
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", type=name_list(DATASETS), default=list(DATASETS))
-    parser.add_argument(
+    add_subset_option(parser, "--datasets", DATASETS)
+    add_subset_option(
+        parser,
         "--packages",
-        type=name_list(PACKAGES),
-        default=list(PACKAGES),
+        PACKAGES,
         help="which side(s) to run (default both; the order alternates per data set)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data, split and training")

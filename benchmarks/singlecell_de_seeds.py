@@ -41,6 +41,7 @@ from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     load_average,
     load_rows,
     now,
+    run_environment,
     silenced,
     timed,
     write_row,
@@ -53,7 +54,6 @@ from singlecell import (  # noqa: E402
     load_model,
     make_model,
     phase_de,
-    run_environment,
     save_model,
 )
 from singlecell import parse_args as bench_args  # noqa: E402
@@ -100,7 +100,7 @@ def one_seed(package: str, seed: int, ds: Dataset, args: argparse.Namespace) -> 
                     package, model, _draws_only(ds, n_cells, args), 0
                 )
     row["finished"] = now()
-    row.update(run_environment())
+    row.update(run_environment(singlecell.VERSIONS))
     return row
 
 
