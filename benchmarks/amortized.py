@@ -41,7 +41,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,10 +50,12 @@ import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     C2STRunner,
     Timer,
+    add_c2st_options,
     add_subset_option,
     c2st_job,
     c2st_output_for,
     cell,
+    configure_logging,
     environment,
     error_fields,
     int_list,
@@ -710,13 +711,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU seconds one sbi train_amortized may take before it is stopped and recorded "
         "as timed out, evaluated at its best validation weights (default 1200; 0 = none)",
     )
-    parser.add_argument("--c2st", choices=("background", "inline", "skip"), default="background")
     parser.add_argument("--quick", action="store_true", help="smoke test, < 2 minutes")
-    parser.add_argument(
-        "--c2st-missing",
-        action="store_true",
-        help="compute the C2ST of finished fits that lack one, from their saved draws",
-    )
+    add_c2st_options(parser)
     parser.add_argument("--report", action="store_true", help="rebuild the README table")
     parser.add_argument("--output", default=None, help="JSONL file (default results/...)")
     args = parser.parse_args(argv)
@@ -733,9 +729,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
+    configure_logging()
     args = parse_args(argv)
     if args.report:
         report(args)

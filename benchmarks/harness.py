@@ -13,8 +13,8 @@ written by another:
   :func:`logged_warnings`, :func:`silenced`;
 - C2ST of saved draws in a low-priority worker: :func:`c2st_job`, :class:`C2STRunner`;
 - summaries and cells: :func:`mean`, :func:`median`, :func:`ratio`, :func:`cell`, :func:`mark`;
-- command lines: :func:`name_list`, :func:`add_subset_option`, :func:`int_list`,
-  :func:`output_path`.
+- command lines: :func:`name_list`, :func:`add_subset_option`, :func:`add_c2st_options`,
+  :func:`int_list`, :func:`output_path`, :func:`configure_logging`.
 
 The scripts run from this folder (``python benchmarks/<script>.py``), so ``benchmarks/`` is on
 ``sys.path`` and they import this module as ``harness``.
@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import traceback
 import warnings
@@ -545,6 +546,29 @@ def add_subset_option(
 ) -> None:
     """Add ``flag``: a comma-separated subset of ``allowed`` (:func:`name_list`), default all."""
     parser.add_argument(flag, type=name_list(allowed), default=list(allowed), help=help)
+
+
+def add_c2st_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--c2st`` (a :class:`C2STRunner` mode) and ``--c2st-missing``."""
+    parser.add_argument(
+        "--c2st",
+        choices=C2STRunner.MODES,
+        default="background",
+        help="C2ST in a low-priority worker process (default), inline, deferred to a later "
+        "`--c2st-missing` (the draws are kept), or not at all",
+    )
+    parser.add_argument(
+        "--c2st-missing",
+        action="store_true",
+        help="compute the C2ST of finished runs that lack one, from their saved draws",
+    )
+
+
+def configure_logging() -> None:
+    """INFO messages with the time of day, to stderr (every script's progress lines)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
 
 
 def int_list(low: int, high: int) -> Callable[[str], list[int]]:

@@ -45,7 +45,6 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -54,10 +53,12 @@ import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     C2STRunner,
     Timer,
+    add_c2st_options,
     add_subset_option,
     c2st_job,
     c2st_output_for,
     cell,
+    configure_logging,
     error_fields,
     int_list,
     latest_by,
@@ -927,18 +928,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke test: 1,000 simulations, 5 epochs, 30 VI iterations, observation 1; rows "
         "go to pipeline_quick.jsonl",
     )
-    parser.add_argument(
-        "--c2st",
-        choices=("background", "inline", "defer", "skip"),
-        default="background",
-        help="C2ST in a low-priority worker process (default), inline, deferred to a later "
-        "`--c2st-missing` (the draws are kept), or not at all",
-    )
-    parser.add_argument(
-        "--c2st-missing",
-        action="store_true",
-        help="compute C2ST for finished observations that lack one (from the saved draws)",
-    )
+    add_c2st_options(parser)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -958,12 +948,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    configure_logging()
     args = parse_args(argv)
     if args.report:
         report(args)

@@ -74,7 +74,6 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -85,6 +84,7 @@ import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     add_subset_option,
     cell,
+    configure_logging,
     error_fields,
     load_average,
     load_rows,
@@ -1028,9 +1028,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
+    configure_logging()
     args = parse_args(argv)
     if args.report or args.print:
         report(args, write=args.report)

@@ -31,12 +31,12 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 import singlecell  # noqa: E402
 import torch  # noqa: E402
 from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    configure_logging,
     latest_by,
     load_average,
     load_rows,
@@ -171,7 +171,7 @@ def report() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packages", nargs="+", default=["sbi_vi", "scvi"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
