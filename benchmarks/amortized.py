@@ -25,12 +25,9 @@ Usage (from the repository root, in the benchmark venv)::
 
 from __future__ import annotations
 
-import os
+import harness  # benchmarks/ is on sys.path when run as a script
 
-# One thread everywhere (torch, and the BLAS under numpy/scikit-learn for C2ST), before
-# numpy and torch are imported.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+harness.use_one_thread()  # torch, and the BLAS under numpy/scikit-learn: before they load
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -40,6 +37,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -47,44 +45,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    C2STRunner,
-    Timer,
-    add_c2st_options,
-    add_subset_option,
-    c2st_job,
-    c2st_output_for,
-    cell,
-    configure_logging,
-    environment,
-    error_fields,
-    int_list,
-    load_average,
-    load_rows,
-    log_c2st,
-    logged_warnings,
-    mark,
-    mean,
-    now,
-    output_path,
-    ratio,
-    replace_block,
-    silenced,
-    timed,
-    warning_list,
-    write_row,
-)
+from harness import cell, mark, mean, ratio  # noqa: E402  (table cells)
 from torch import Tensor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
-DEFAULT_OUTPUT = RESULTS / "amortized.jsonl"
-QUICK_OUTPUT = RESULTS / "amortized_quick.jsonl"
-SAMPLES_DIR = RESULTS / "amortized_samples.tmp"  # gitignored (*.tmp)
-README = ROOT / "README.md"
+DEFAULT_OUTPUT = harness.RESULTS / "amortized.jsonl"
+QUICK_OUTPUT = harness.RESULTS / "amortized_quick.jsonl"
+SAMPLES_DIR = harness.RESULTS / "amortized_samples.tmp"  # gitignored (*.tmp)
 SECTION = "## `amortized.py` — amortised VI against `sbi==0.27.0`"
-TABLE_START = "<!-- amortized table: start -->"
-TABLE_END = "<!-- amortized table: end -->"
+TABLE_START, TABLE_END = harness.table_markers("amortized")
 
 TASKS = ("two_moons", "gaussian_linear", "nle_two_moons")
 PACKAGES = ("sbi_vi", "sbi")
@@ -188,7 +156,7 @@ class Problem:
 
         if "nle" not in cache:
             times: dict[str, float] = {}
-            with timed(times, "nle_train"):
+            with harness.timed(times, "nle_train"):
                 nle = NLE(self.prior, show_progress_bars=False)
                 kwargs = {"max_num_epochs": 5} if args.quick else {}
                 net = nle.append_simulations(self.theta, self.x).train(seed=args.seed, **kwargs)
@@ -295,12 +263,12 @@ def train(
     torch.manual_seed(seed)
     stdout = io.StringIO()
     try:
-        with timed(info, "train"), contextlib.redirect_stdout(stdout):
+        with harness.timed(info, "train"), contextlib.redirect_stdout(stdout):
             posterior.train_amortized(
                 problem.theta, problem.x, show_progress_bar=False, **train_kwargs
             )
     except Exception as err:
-        info.update(error_fields(err))
+        info.update(harness.error_fields(err))
         info["timed_out"] = isinstance(err, FitTimeout)
         if counter is not None:
             info["num_iters"] = counter.iters
@@ -329,7 +297,7 @@ def evaluate(
     out: dict[str, Any] = {"obs": {}}
     draws: dict[int, Tensor] = {}
     torch.manual_seed(seed + 7)
-    sampling = Timer()
+    sampling = harness.Timer()
     for i, x_o in zip(args.observations, problem.observations, strict=True):
         x_o = x_o.reshape(1, -1)
         o: dict[str, Any] = {}
@@ -405,7 +373,7 @@ def reference_task(task: str) -> str:
 
 
 def submit_c2st(
-    runner: C2STRunner, row: dict[str, Any], draws: dict[int, Tensor], max_samples: int
+    runner: harness.C2STRunner, row: dict[str, Any], draws: dict[int, Tensor], max_samples: int
 ) -> None:
     """The C2ST of each observation's draws of one fit, ``{"run_id", "obs"}`` rows."""
     for obs, theta in draws.items():
@@ -428,7 +396,7 @@ def run_one(
     problem: Problem,
     args: argparse.Namespace,
     env: dict[str, Any],
-    runner: C2STRunner,
+    runner: harness.C2STRunner,
     output: Path,
     potential_diff: float,
 ) -> None:
@@ -445,15 +413,15 @@ def run_one(
         "train_kwargs": train_kwargs_for(args),
         "cpu_limit_s": args.time_limit if package == "sbi" else None,
         "potential_max_abs_diff": potential_diff,
-        "started": now(),
-        "loadavg_1m": load_average(),
+        "started": harness.now(),
+        "loadavg_1m": harness.load_average(),
         **problem.info,
     }
     row["run_id"] = (
         f"{problem.name}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
     )
     draws: dict[int, Tensor] = {}
-    with logged_warnings("sbi_vi") as collect:
+    with harness.logged_warnings("sbi_vi") as collect:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -478,13 +446,13 @@ def run_one(
                             row.update(run_sbc(posterior, problem, args))
                         except Exception as err:
                             row["sbc_error"] = f"{type(err).__name__}: {err}"[:500]
-            row["warnings"] = warning_list(caught)
+            row["warnings"] = harness.warning_list(caught)
         except Exception as err:
-            row.update(error_fields(err))
+            row.update(harness.error_fields(err))
     row["log_warnings"] = sorted(set(collect.messages)) or None
-    row["finished"] = now()
+    row["finished"] = harness.now()
     row.update(env)
-    write_row(output, row)
+    harness.write_row(output, row)
     logger.info(
         "%-15s %-6s k-hat mean %s (evaluate %s), sampling %s CPU s, SBC %s",
         problem.name,
@@ -503,7 +471,7 @@ def warm_up(problem: Problem, packages: list[str]) -> None:
 
     psis(torch.randn(100))
     for package in packages:
-        with silenced():
+        with harness.silenced():
             posterior, _ = train(package, problem, 0, {"max_num_iters": 2, "n_particles": 4}, None)
             if posterior is not None:
                 posterior.sample((10,), x=problem.observations[:1])
@@ -511,11 +479,11 @@ def warm_up(problem: Problem, packages: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = environment(VERSIONS)
+    output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = harness.environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
-    logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
-    runner = C2STRunner(args.c2st, output, SAMPLES_DIR)
+    logger.info("writing rows to %s (C2ST: %s)", output, harness.c2st_output_for(output))
+    runner = harness.C2STRunner(args.c2st, output, SAMPLES_DIR)
     cache: dict[str, Any] = {}
     try:
         for t, name in enumerate(args.tasks):
@@ -536,9 +504,9 @@ def run(args: argparse.Namespace) -> None:
 def c2st_missing(args: argparse.Namespace) -> None:
     """Compute, in this process, the C2ST of finished fits that lack one (saved draws)."""
     output = Path(args.output) if args.output else DEFAULT_OUTPUT
-    target = c2st_output_for(output)
-    done = {(r["run_id"], int(r["obs"])) for r in load_rows(target) if "obs" in r}
-    for row in load_rows(output):
+    target = harness.c2st_output_for(output)
+    done = {(r["run_id"], int(r["obs"])) for r in harness.load_rows(target) if "obs" in r}
+    for row in harness.load_rows(output):
         if row.get("kind") != "fit" or row.get("quick") != bool(args.quick):
             continue
         if row["task"] not in args.tasks or row["package"] not in args.packages:
@@ -550,17 +518,19 @@ def c2st_missing(args: argparse.Namespace) -> None:
             max_samples = row.get("c2st_samples") or args.c2st_samples
             ids = {"run_id": row["run_id"], "obs": obs}
             task = reference_task(row["task"])
-            log_c2st(c2st_job(ids, task, obs, str(path), max_samples, row["seed"], str(target)))
+            harness.log_c2st(
+                harness.c2st_job(ids, task, obs, str(path), max_samples, row["seed"], str(target))
+            )
 
 
 # ---------------------------------------------------------------------------- report
 def summarise(path: Path) -> list[dict[str, Any]]:
     """One summary per task: the latest finished fit of each package with its C2ST."""
     c2st_rows: dict[str, dict[int, float | None]] = {}
-    for r in load_rows(c2st_output_for(path)):
+    for r in harness.load_rows(harness.c2st_output_for(path)):
         c2st_rows.setdefault(r["run_id"], {})[int(r["obs"])] = r.get("c2st")
     fits: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in load_rows(path):
+    for r in harness.load_rows(path):
         if r.get("kind") == "fit" and not r.get("quick"):
             fits[(r["task"], r["package"])] = r  # the latest run wins
     summaries = []
@@ -663,14 +633,15 @@ def notes(summaries: list[dict[str, Any]]) -> list[str]:
 def report(args: argparse.Namespace) -> None:
     path = Path(args.output) if args.output else DEFAULT_OUTPUT
     summaries = summarise(path)
-    rows = [r for r in load_rows(path) if r.get("kind") == "fit" and not r.get("quick")]
+    rows = [r for r in harness.load_rows(path) if r.get("kind") == "fit" and not r.get("quick")]
     envs = sorted({(r.get("device_name"), r.get("torch"), r.get("sbi")) for r in rows}, key=str)
     table = markdown_table(summaries)
     block = "\n".join(
         [
             TABLE_START,
             "",
-            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} fits) on {now()}; "
+            f"Built from `{os.path.relpath(path, harness.ROOT.parent)}` ({len(rows)} fits) "
+            f"on {harness.now()}; "
             + "; ".join(f"{d}, torch {t}, sbi {s}" for d, t, s in envs)
             + ".",
             "",
@@ -681,10 +652,10 @@ def report(args: argparse.Namespace) -> None:
             TABLE_END,
         ]
     )
-    text = README.read_text()
+    text = harness.README.read_text()
     if TABLE_START not in text and SECTION not in text:
         block = f"{SECTION}\n\n{block}"  # a README without the section gets its heading
-    replace_block(README, TABLE_START, TABLE_END, block)
+    harness.replace_block(harness.README, TABLE_START, TABLE_END, block)
     print(table)
     print("\n".join(notes(summaries)))
 
@@ -692,10 +663,10 @@ def report(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_subset_option(parser, "--tasks", TASKS)
-    add_subset_option(parser, "--packages", PACKAGES)
+    harness.add_subset_option(parser, "--tasks", TASKS)
+    harness.add_subset_option(parser, "--packages", PACKAGES)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--observations", type=int_list(1, 10), default=list(OBSERVATIONS))
+    parser.add_argument("--observations", type=harness.int_list(1, 10), default=list(OBSERVATIONS))
     parser.add_argument("--num-simulations", type=int, default=10_000)
     parser.add_argument(
         "--num-samples", type=int, default=10_000, help="timed draws per observation"
@@ -712,7 +683,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "as timed out, evaluated at its best validation weights (default 1200; 0 = none)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test, < 2 minutes")
-    add_c2st_options(parser)
+    harness.add_c2st_options(parser)
     parser.add_argument("--report", action="store_true", help="rebuild the README table")
     parser.add_argument("--output", default=None, help="JSONL file (default results/...)")
     args = parser.parse_args(argv)
@@ -729,7 +700,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_logging()
+    harness.configure_logging()
     args = parse_args(argv)
     if args.report:
         report(args)

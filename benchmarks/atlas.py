@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+# Not `harness.use_one_thread()`: the child's "RSS after imports" would count harness's.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

@@ -4,6 +4,7 @@ Each script in this folder keeps its own problems, its ``run_one`` and its table
 holds the plumbing they all need, so that a row written by one script reads like a row
 written by another:
 
+- set-up: :func:`use_one_thread`, :func:`table_markers`, ``RESULTS``, ``README``;
 - provenance: :func:`environment` / :func:`run_environment` (machine, versions, git commit,
   a hash of the ``sbi_vi`` sources as imported), :func:`now`, :func:`load_average`;
 - rows: :func:`write_row`, :func:`load_rows`, :func:`latest_by`, :func:`merge_c2st`,
@@ -41,13 +42,37 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it, so that a script can import this
+# module and call `use_one_thread` before numpy and torch are imported.
 
 ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+README = ROOT / "README.md"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 logger = logging.getLogger("benchmarks")
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def use_one_thread() -> None:
+    """One thread for OpenMP, MKL and OpenBLAS (torch, numpy, scikit-learn), unless set.
+
+    Call it before numpy and torch are imported: they read these variables once.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+
+
+def table_markers(name: str) -> tuple[str, str]:
+    """The comments around the table of ``name`` in the README (:func:`replace_block`)."""
+    return f"<!-- {name} table: start -->", f"<!-- {name} table: end -->"
+
 
 # ---------------------------------------------------------------------------- provenance
 
@@ -119,6 +144,8 @@ def environment(versions: Mapping[str, str]) -> dict[str, Any]:
         one key per entry of ``versions``, ``git_commit``, ``sbi_vi_dirty`` (uncommitted
         changes under ``sbi_vi/``) and ``sbi_vi_src_hash`` (:func:`source_hash`).
     """
+    import torch
+
     return {
         "device_name": cpu_model(),
         "host": platform.node(),
@@ -352,6 +379,8 @@ def silenced() -> Iterator[None]:
 
 def low_priority_worker() -> None:
     """Initialise a worker: low priority and one thread, to disturb timed work little."""
+    import torch
+
     with contextlib.suppress(OSError):
         os.nice(10)
     torch.set_num_threads(1)
@@ -381,6 +410,8 @@ def c2st_job(
         The row: ``kind="c2st"``, ``ids``, ``c2st`` (None with ``c2st_error`` on a failure:
         a broken q is a result, not a crash), its wall and CPU seconds, the times.
     """
+    import torch
+
     from sbi_vi.diagnostics import c2st
     from sbi_vi.tasks import get_task
 
@@ -460,6 +491,8 @@ class C2STRunner:
         Args: as :func:`c2st_job`, with ``name`` the file name of the draws and ``theta``
         the draws.
         """
+        import torch
+
         if self.mode == "skip":
             return
         self.samples_dir.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,9 @@ those draws against the package's own potential, and C2ST against the reference 
 
 from __future__ import annotations
 
-import os
+import harness  # benchmarks/ is on sys.path when run as a script
 
-# One thread everywhere (torch, and the BLAS under numpy/scikit-learn for C2ST), before
-# numpy and torch are imported.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+harness.use_one_thread()  # torch, and the BLAS under numpy/scikit-learn: before they load
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -43,6 +40,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import warnings  # noqa: E402
@@ -50,46 +48,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    C2STRunner,
-    Timer,
-    add_c2st_options,
-    add_subset_option,
-    c2st_job,
-    c2st_output_for,
-    cell,
-    configure_logging,
-    error_fields,
-    int_list,
-    latest_by,
-    load_average,
-    load_rows,
-    log_c2st,
-    logged_warnings,
-    mark,
-    mean,
-    merge_c2st,
-    now,
-    output_path,
-    ratio,
-    replace_block,
-    run_environment,
-    silenced,
-    time_limit,
-    warning_list,
-    write_row,
-)
+from harness import cell, mark, mean, ratio  # noqa: E402  (table cells)
 from torch import Tensor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
-DEFAULT_OUTPUT = RESULTS / "pipeline.jsonl"
-QUICK_OUTPUT = RESULTS / "pipeline_quick.jsonl"
+DEFAULT_OUTPUT = harness.RESULTS / "pipeline.jsonl"
+QUICK_OUTPUT = harness.RESULTS / "pipeline_quick.jsonl"
 # q draws kept for the C2ST worker; `benchmarks/results/*.tmp` is gitignored.
-SAMPLES_DIR = RESULTS / "pipeline_samples.tmp"
-README = ROOT / "README.md"
-TABLE_START = "<!-- pipeline table: start -->"
-TABLE_END = "<!-- pipeline table: end -->"
+SAMPLES_DIR = harness.RESULTS / "pipeline_samples.tmp"
+TABLE_START, TABLE_END = harness.table_markers("pipeline")
 
 TASKS = ("two_moons", "slcp")
 METHODS = ("NLE", "NRE")
@@ -146,7 +112,7 @@ class Problem:
         from sbi_vi import simulate
 
         info: dict[str, Any] = {}
-        timer = Timer()
+        timer = harness.Timer()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with timer.time():
@@ -159,10 +125,10 @@ class Problem:
                     show_progress_bar=False,
                 )
         info["simulate_wall_s"], info["simulate_cpu_s"] = timer.wall, timer.cpu
-        info["simulate_warnings"] = warning_list(caught)
+        info["simulate_warnings"] = harness.warning_list(caught)
         self.simulate_info["sbi_vi"] = info
 
-        info, timer = {}, Timer()
+        info, timer = {}, harness.Timer()
         with torch.random.fork_rng(devices=[]), timer.time():
             # simulate_for_sbi seeds every global generator: fork torch's, not to leak it.
             simulate_for_sbi(
@@ -226,9 +192,9 @@ def train_estimator(
     theta = problem.theta if theta is None else theta
     x = problem.x if x is None else x
     info: dict[str, Any] = {}
-    timer = Timer()
+    timer = harness.Timer()
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), time_limit(timeout, f"{method}.train()"):
+    with contextlib.redirect_stdout(stdout), harness.time_limit(timeout, f"{method}.train()"):
         with timer.time():
             inference = make_estimator(package, method, prior)
             inference.append_simulations(theta.clone(), x.clone())
@@ -252,9 +218,9 @@ def train_vi(
 ) -> tuple[Any, dict[str, Any]]:
     """``build_posterior(sample_with="vi", ...)`` then ``set_default_x(x_o).train()``."""
     info: dict[str, Any] = {}
-    build, train, qc = Timer(), Timer(), Timer()
+    build, train, qc = harness.Timer(), harness.Timer(), harness.Timer()
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), time_limit(timeout, "VI train()"):
+    with contextlib.redirect_stdout(stdout), harness.time_limit(timeout, "VI train()"):
         with build.time():
             posterior = inference.build_posterior(
                 sample_with="vi", vi_method=VI_METHOD, vi_parameters={"q": VI_Q}
@@ -293,7 +259,7 @@ def sample_and_khat(
     from sbi_vi.diagnostics import psis
 
     info: dict[str, Any] = {}
-    timer = Timer()
+    timer = harness.Timer()
     with timer.time():
         theta = posterior.sample((num_samples,), show_progress_bars=False)
     info["sample_wall_s"], info["sample_cpu_s"] = timer.wall, timer.cpu
@@ -333,7 +299,7 @@ def run_one(
     order: int,
     args: argparse.Namespace,
     env: dict[str, Any],
-    runner: C2STRunner,
+    runner: harness.C2STRunner,
 ) -> dict[str, Any]:
     """One package × task × method: estimator once, then VI and sampling per observation."""
     est_kwargs, vi_kwargs = train_kwargs_for(args)
@@ -357,8 +323,8 @@ def run_one(
         "estimator_kwargs": est_kwargs,
         "vi_kwargs": vi_kwargs,
         "timeout_s": args.timeout,
-        "started": now(),
-        "loadavg_1m": load_average(),
+        "started": harness.now(),
+        "loadavg_1m": harness.load_average(),
         **problem.simulate_info[package],
     }
     row["run_id"] = (
@@ -366,7 +332,7 @@ def run_one(
     )
     per_obs: list[dict[str, Any]] = []
     row["per_observation"] = per_obs
-    with logged_warnings("sbi_vi", "sbi") as collect:
+    with harness.logged_warnings("sbi_vi", "sbi") as collect:
         try:
             torch.manual_seed(args.seed)
             with warnings.catch_warnings(record=True) as caught:
@@ -378,18 +344,18 @@ def run_one(
                     row.update(info)
                     row["error"] = None
                 except Exception as err:
-                    row.update(error_fields(err))
+                    row.update(harness.error_fields(err))
                     if row.get("timed_out"):
                         row["estimator_wall_s"] = float(args.timeout)
                     inference = None
-            row["estimator_warnings"] = warning_list(caught)
+            row["estimator_warnings"] = harness.warning_list(caught)
             logger.info(
                 "%-9s %-3s %-6s estimator %s", problem.name, method, package, _brief_est(row)
             )
             if inference is None:
                 return row
             for obs, x_o in problem.observations.items():
-                o: dict[str, Any] = {"num_observation": obs, "loadavg_1m": load_average()}
+                o: dict[str, Any] = {"num_observation": obs, "loadavg_1m": harness.load_average()}
                 per_obs.append(o)
                 theta = None
                 with warnings.catch_warnings(record=True) as caught:
@@ -405,8 +371,8 @@ def run_one(
                         o.update(info)
                         o["error"] = None
                     except Exception as err:
-                        o.update(error_fields(err))
-                o["warnings"] = warning_list(caught)
+                        o.update(harness.error_fields(err))
+                o["warnings"] = harness.warning_list(caught)
                 o["sample_id"] = f"{row['run_id']}-o{obs}"
                 logger.info(
                     "%-9s %-3s %-6s obs %d %s", problem.name, method, package, obs, _brief_obs(o)
@@ -435,7 +401,7 @@ def run_one(
             row["num_observations_ok"] = len(ok)
         finally:
             row["log_warnings"] = sorted(set(collect.messages)) or None
-            row["finished"] = now()
+            row["finished"] = harness.now()
             row.update(env)
     return row
 
@@ -467,7 +433,7 @@ def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
     x_o = next(iter(problem.observations.values()))
     for package in packages:
         for method in methods:
-            with silenced():
+            with harness.silenced():
                 torch.manual_seed(0)
                 inference, _ = train_estimator(
                     package,
@@ -493,24 +459,28 @@ def warm_up(problem: Problem, methods: list[str], packages: list[str]) -> None:
 
 def c2st_missing(args: argparse.Namespace) -> None:
     """Compute C2ST (in this process) for finished observations that have none yet."""
-    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    done = {r["sample_id"] for r in load_rows(c2st_output_for(output)) if "sample_id" in r}
-    for row in load_rows(output):
+    output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    done = {
+        r["sample_id"]
+        for r in harness.load_rows(harness.c2st_output_for(output))
+        if "sample_id" in r
+    }
+    for row in harness.load_rows(output):
         if row.get("task") not in args.tasks:
             continue
         for o in row.get("per_observation") or []:
             path = SAMPLES_DIR / f"{o.get('sample_id')}.pt"
             if o.get("error") or o.get("sample_id") in done or not path.exists():
                 continue
-            log_c2st(
-                c2st_job(
+            harness.log_c2st(
+                harness.c2st_job(
                     {"sample_id": o["sample_id"], "num_observation": o["num_observation"]},
                     row["task"],
                     o["num_observation"],
                     str(path),
                     args.c2st_max_samples,
                     row["seed"],
-                    str(c2st_output_for(output)),
+                    str(harness.c2st_output_for(output)),
                 )
             )
 
@@ -518,11 +488,11 @@ def c2st_missing(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- grid
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment(VERSIONS)
+    output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = harness.run_environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
-    logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
-    runner = C2STRunner(args.c2st, output, SAMPLES_DIR)
+    logger.info("writing rows to %s (C2ST: %s)", output, harness.c2st_output_for(output))
+    runner = harness.C2STRunner(args.c2st, output, SAMPLES_DIR)
     config = 0
     try:
         for i, task_name in enumerate(args.tasks):
@@ -544,7 +514,7 @@ def run_grid(args: argparse.Namespace) -> None:
                 config += 1
                 for position, package in enumerate(order):
                     row = run_one(package, problem, method, position, args, env, runner)
-                    write_row(output, row)
+                    harness.write_row(output, row)
                     logger.info(
                         "%-9s %-3s %-6s done: total %s cpu-s / %s s",
                         task_name,
@@ -562,13 +532,13 @@ def run_grid(args: argparse.Namespace) -> None:
 
 def merged_rows(path: Path) -> list[dict[str, Any]]:
     """Run rows with the C2ST of each observation (from ``*_c2st.jsonl``) filled in."""
-    c2st_rows = latest_by(
-        (r for r in load_rows(c2st_output_for(path)) if "sample_id" in r),
+    c2st_rows = harness.latest_by(
+        (r for r in harness.load_rows(harness.c2st_output_for(path)) if "sample_id" in r),
         lambda r: r["sample_id"],
     )
-    rows = load_rows(path)
+    rows = harness.load_rows(path)
     for row in rows:
-        merge_c2st(row.get("per_observation") or [], c2st_rows)
+        harness.merge_c2st(row.get("per_observation") or [], c2st_rows)
     return rows
 
 
@@ -799,7 +769,7 @@ def misses(summaries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def report(args: argparse.Namespace) -> None:
-    path = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    path = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
     rows = merged_rows(path)
     summaries = summarise(rows, quick=args.quick)
     seed_rows = seed_summaries(rows, quick=args.quick)
@@ -829,9 +799,10 @@ def report(args: argparse.Namespace) -> None:
             TABLE_START,
             "",
             f"Rows: {complete} task × method pairs with both packages finished, "
-            f"{len(summaries)} started; built from `{os.path.relpath(path, ROOT.parent)}` "
-            f"({len(every)} runs, {len(used)} of them shown) on {now()}. Each row shows the "
-            "latest complete run of each package for that task × method, whatever its seed "
+            f"{len(summaries)} started; built from `{os.path.relpath(path, harness.ROOT.parent)}` "
+            f"({len(every)} runs, {len(used)} of them shown) on {harness.now()}. "
+            "Each row shows the latest complete run of each package for that task × method, "
+            "whatever its seed "
             "(the `run` column of the per-phase table names it); rows run with more than one "
             "seed also get the latest run per seed and their mean, below. Machines/versions "
             "of the runs shown: "
@@ -882,15 +853,15 @@ def report(args: argparse.Namespace) -> None:
     if args.quick:
         return  # smoke-test numbers are printed, never written into the README
     block = re.sub(r"\n{3,}", "\n\n", block)  # no double blank lines
-    replace_block(README, TABLE_START, TABLE_END, block)
+    harness.replace_block(harness.README, TABLE_START, TABLE_END, block)
 
 
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_subset_option(parser, "--tasks", TASKS)
-    add_subset_option(parser, "--methods", METHODS)
-    add_subset_option(
+    harness.add_subset_option(parser, "--tasks", TASKS)
+    harness.add_subset_option(parser, "--methods", METHODS)
+    harness.add_subset_option(
         parser,
         "--packages",
         PACKAGES,
@@ -898,7 +869,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--observations",
-        type=int_list(1, 10),
+        type=harness.int_list(1, 10),
         default=None,
         help="comma-separated observation numbers (default 1,2,3; quick: 1)",
     )
@@ -928,7 +899,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke test: 1,000 simulations, 5 epochs, 30 VI iterations, observation 1; rows "
         "go to pipeline_quick.jsonl",
     )
-    add_c2st_options(parser)
+    harness.add_c2st_options(parser)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -948,7 +919,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_logging()
+    harness.configure_logging()
     args = parse_args(argv)
     if args.report:
         report(args)

@@ -58,11 +58,9 @@ Usage (from the repository root, in a venv with scvi-tools 1.5.1 and sbi_vi)::
 
 from __future__ import annotations
 
-import os
+import harness  # benchmarks/ is on sys.path when run as a script
 
-# One thread everywhere, before numpy and torch are imported.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+harness.use_one_thread()  # torch, and the BLAS under numpy/scikit-learn: before they load
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -72,6 +70,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import warnings  # noqa: E402
@@ -81,35 +80,12 @@ from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    add_subset_option,
-    cell,
-    configure_logging,
-    error_fields,
-    load_average,
-    load_rows,
-    logged_warnings,
-    mark,
-    mean,
-    now,
-    output_path,
-    ratio,
-    replace_block,
-    run_environment,
-    silenced,
-    timed,
-    warning_list,
-    write_row,
-)
+from harness import cell, mark, mean, ratio  # noqa: E402  (table cells)
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
-DEFAULT_OUTPUT = RESULTS / "singlecell.jsonl"
-QUICK_OUTPUT = RESULTS / "singlecell_quick.jsonl"
-MODELS_DIR = RESULTS / "singlecell_models.tmp"  # gitignored (`results/*.tmp`)
-README = ROOT / "README.md"
-TABLE_START = "<!-- singlecell table: start -->"
-TABLE_END = "<!-- singlecell table: end -->"
+DEFAULT_OUTPUT = harness.RESULTS / "singlecell.jsonl"
+QUICK_OUTPUT = harness.RESULTS / "singlecell_quick.jsonl"
+MODELS_DIR = harness.RESULTS / "singlecell_models.tmp"  # gitignored (`results/*.tmp`)
+TABLE_START, TABLE_END = harness.table_markers("singlecell")
 
 DATASETS = ("synthetic", "synthetic_shallow", "synthetic_zinb", "pbmc")
 SHALLOW_LIBRARY = 3000  # median UMIs per cell of `synthetic_shallow`
@@ -379,7 +355,7 @@ def _per_cell(values: Any) -> np.ndarray:
 def phase_marginal_ll(package: str, model: Any, test: Any, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"mll_n_mc_samples": MLL_SAMPLES}
     _seed_all(package, seed)
-    with timed(out, "mll"):
+    with harness.timed(out, "mll"):
         values = model.get_marginal_ll(test, n_mc_samples=MLL_SAMPLES, return_mean=False)
     values = _per_cell(values)
     out["heldout_marginal_ll"] = float(values.mean())
@@ -387,7 +363,7 @@ def phase_marginal_ll(package: str, model: Any, test: Any, seed: int) -> dict[st
     if package == "scvi":
         # scvi-tools' default is one sample per forward pass; its batched pass, timed apart.
         _seed_all(package, seed)
-        with timed(out, "mll_batched"):
+        with harness.timed(out, "mll_batched"):
             batched = model.get_marginal_ll(
                 test,
                 n_mc_samples=MLL_SAMPLES,
@@ -405,12 +381,12 @@ def phase_marginal_ll(package: str, model: Any, test: Any, seed: int) -> dict[st
 def phase_expression(package: str, model: Any, ds: Dataset, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _seed_all(package, seed)
-    with timed(out, "norm1"):
+    with harness.timed(out, "norm1"):
         expr = model.get_normalized_expression(n_samples=1, return_numpy=True)
     out["norm1_shape"] = list(np.shape(expr))
     del expr
     _seed_all(package, seed)
-    with timed(out, "norm25"):
+    with harness.timed(out, "norm25"):
         expr = model.get_normalized_expression(
             n_samples=NORM_SAMPLES, return_mean=True, return_numpy=True
         )
@@ -418,7 +394,7 @@ def phase_expression(package: str, model: Any, ds: Dataset, seed: int) -> dict[s
     out["norm_n_samples"] = NORM_SAMPLES
     del expr
     _seed_all(package, seed)
-    with timed(out, "ppc"):
+    with harness.timed(out, "ppc"):
         draws = model.posterior_predictive_sample(indices=ds.ppc_idx, n_samples=PPC_SAMPLES)
     out["ppc_shape"] = list(draws.shape)
     out["ppc_cells"] = len(ds.ppc_idx)
@@ -463,7 +439,7 @@ def phase_de(package: str, model: Any, ds: Dataset, seed: int) -> dict[str, Any]
         entry: dict[str, Any] = {k: c[k] for k in ("name", "group1", "group2", "n1", "n2")}
         _seed_all(package, seed + 1000 + i)
         try:
-            with timed(entry, "de"):
+            with harness.timed(entry, "de"):
                 frame = model.differential_expression(
                     idx1=c["idx1"],
                     idx2=c["idx2"],
@@ -476,9 +452,9 @@ def phase_de(package: str, model: Any, ds: Dataset, seed: int) -> dict[str, Any]
         except AttributeError as err:
             if "differential_expression" in str(err):
                 return {"skipped": f"AttributeError: {err}"[:300]}
-            entry.update(error_fields(err))
+            entry.update(harness.error_fields(err))
         except Exception as err:  # one failed comparison is a result, not a crash
-            entry.update(error_fields(err))
+            entry.update(harness.error_fields(err))
         out["comparisons"].append(entry)
         logger.info("  %-6s DE %-8s %s", package, c["name"], _brief_de(entry))
     return out
@@ -509,12 +485,12 @@ def run_one(
         "batch_size": BATCH_SIZE,
         "n_epochs_kl_warmup": KL_WARMUP_EPOCHS,
         "train_size": 1.0,
-        "started": now(),
-        "loadavg_1m": load_average(),
+        "started": harness.now(),
+        "loadavg_1m": harness.load_average(),
     }
     row["run_id"] = f"{ds.name}-{package}-{row['started'][:19].replace(':', '')}-{os.getpid()}"
     stdout = io.StringIO()
-    with logged_warnings("sbi_vi", "scvi", "lightning") as collect:
+    with harness.logged_warnings("sbi_vi", "scvi", "lightning") as collect:
         try:
             with (
                 warnings.catch_warnings(record=True) as caught,
@@ -523,7 +499,7 @@ def run_one(
                 warnings.simplefilter("always")
                 adata, test = ds.train_adata(), ds.test_adata()
                 model = make_model(package, adata, args.seed, ds.model_kwargs)
-                with timed(row, "train"):
+                with harness.timed(row, "train"):
                     train_model(package, model, ds.epochs, args.seed)
                 row["torch_threads_after_train"] = torch.get_num_threads()
                 row["cells_per_cpu_s"] = ds.n_train * ds.epochs / row["train_cpu_s"]
@@ -547,22 +523,22 @@ def run_one(
                     try:
                         row.update(phase())
                     except Exception as err:
-                        row[f"{name}_error"] = error_fields(err)["error"]
-                        row[f"{name}_traceback"] = error_fields(err)["traceback"]
+                        row[f"{name}_error"] = harness.error_fields(err)["error"]
+                        row[f"{name}_traceback"] = harness.error_fields(err)["traceback"]
                 logger.info("%-9s %-6s %s", ds.name, package, _brief_phases(row))
                 try:
                     row["de"] = phase_de(package, model, ds, args.seed)
                 except Exception as err:
-                    row["de"] = error_fields(err)
+                    row["de"] = harness.error_fields(err)
                 row["error"] = None
-            row["warnings"] = warning_list(caught)
+            row["warnings"] = harness.warning_list(caught)
         except Exception as err:
-            row.update(error_fields(err))
+            row.update(harness.error_fields(err))
             logger.error("%s %s: %s", ds.name, package, row["error"])
         finally:
             row["log_warnings"] = sorted(set(collect.messages)) or None
             row["stdout"] = stdout.getvalue().strip()[-600:] or None
-            row["finished"] = now()
+            row["finished"] = harness.now()
             row.update(env)
     return row
 
@@ -584,7 +560,7 @@ def warm_up(packages: list[str]) -> None:
     mask = np.zeros(300, dtype=bool)
     mask[:20] = True
     for package in packages:
-        with silenced():
+        with harness.silenced():
             for kwargs in (ZINB_MODEL_KWARGS, MODEL_KWARGS):  # both likelihoods' first calls
                 a = adata.copy()
                 model = make_model(package, a, 0, kwargs)
@@ -604,8 +580,8 @@ def warm_up(packages: list[str]) -> None:
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
-    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment(VERSIONS)
+    output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = harness.run_environment(VERSIONS)
     logger.info("environment: %s", json.dumps(env))
     logger.info("writing rows to %s", output)
     warm_up(args.packages)
@@ -624,7 +600,7 @@ def run_grid(args: argparse.Namespace) -> None:
         order = args.packages if i % 2 == 0 else args.packages[::-1]
         for position, package in enumerate(order):
             row = run_one(package, ds, position, args, env)
-            write_row(output, row)
+            harness.write_row(output, row)
             logger.info("%-9s %-6s row written", name, package)
             gc.collect()
 
@@ -633,11 +609,11 @@ def run_de_only(args: argparse.Namespace) -> None:
     """DE again from the models saved by the last run (``"kind": "de"`` rows)."""
     torch.set_num_threads(1)
     _quiet_libraries()
-    output = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    env = run_environment(VERSIONS)
+    output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    env = harness.run_environment(VERSIONS)
     runs = {
         (r["dataset"], r["package"]): r
-        for r in load_rows(output)
+        for r in harness.load_rows(output)
         if r.get("kind") == "run" and not r.get("error") and bool(r.get("quick")) == args.quick
     }
     for i, name in enumerate(args.datasets):
@@ -660,8 +636,8 @@ def run_de_only(args: argparse.Namespace) -> None:
                 "seed": args.seed,
                 "run_id": run["run_id"],
                 "data_hash": ds.data_hash,
-                "started": now(),
-                "loadavg_1m": load_average(),
+                "started": harness.now(),
+                "loadavg_1m": harness.load_average(),
             }
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -669,11 +645,11 @@ def run_de_only(args: argparse.Namespace) -> None:
                     model = load_model(package, path, ds.train_adata())
                     row["de"] = phase_de(package, model, ds, args.seed)
                 except Exception as err:
-                    row["de"] = error_fields(err)
-            row["warnings"] = warning_list(caught)
-            row["finished"] = now()
+                    row["de"] = harness.error_fields(err)
+            row["warnings"] = harness.warning_list(caught)
+            row["finished"] = harness.now()
             row.update(env)
-            write_row(output, row)
+            harness.write_row(output, row)
             logger.info("%-9s %-6s DE row written", name, package)
 
 
@@ -934,8 +910,8 @@ def _overlap_notes(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def build_block(args: argparse.Namespace) -> tuple[str, str]:
-    path = output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
-    rows = load_rows(path)
+    path = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
+    rows = harness.load_rows(path)
     summaries = summarise(rows, quick=args.quick)
     table, missed = markdown_table(summaries)
     runs = runs_table(summaries)
@@ -948,7 +924,8 @@ def build_block(args: argparse.Namespace) -> tuple[str, str]:
         [
             TABLE_START,
             "",
-            f"Built from `{os.path.relpath(path, ROOT.parent)}` ({len(rows)} rows) on {now()}: "
+            f"Built from `{os.path.relpath(path, harness.ROOT.parent)}` ({len(rows)} rows) "
+            f"on {harness.now()}: "
             "the latest complete run of each package per data set (and its latest `--only de` "
             "row). Machines/versions: "
             + "; ".join(f"{d}, torch {t}, scvi-tools {v}" for d, t, v in envs)
@@ -978,14 +955,14 @@ def report(args: argparse.Namespace, write: bool) -> None:
     print(block)
     if not write or args.quick:
         return  # smoke-test numbers are printed, never written into the README
-    replace_block(README, TABLE_START, TABLE_END, block)
+    harness.replace_block(harness.README, TABLE_START, TABLE_END, block)
 
 
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_subset_option(parser, "--datasets", DATASETS)
-    add_subset_option(
+    harness.add_subset_option(parser, "--datasets", DATASETS)
+    harness.add_subset_option(
         parser,
         "--packages",
         PACKAGES,
@@ -1028,7 +1005,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_logging()
+    harness.configure_logging()
     args = parse_args(argv)
     if args.report or args.print:
         report(args, write=args.report)

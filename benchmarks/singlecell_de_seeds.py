@@ -23,10 +23,9 @@ Usage (from the repository root, in the venv with scvi-tools 1.5.1 and sbi_vi)::
 
 from __future__ import annotations
 
-import os
+import harness  # benchmarks/ is on sys.path when run as a script
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+harness.use_one_thread()  # torch, and the BLAS under numpy/scikit-learn: before they load
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -35,19 +34,7 @@ from typing import Any  # noqa: E402
 
 import singlecell  # noqa: E402
 import torch  # noqa: E402
-from harness import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    configure_logging,
-    latest_by,
-    load_average,
-    load_rows,
-    now,
-    run_environment,
-    silenced,
-    timed,
-    write_row,
-)
 from singlecell import (  # noqa: E402
-    RESULTS,
     Dataset,
     _history_last,
     _quiet_libraries,
@@ -58,8 +45,8 @@ from singlecell import (  # noqa: E402
 )
 from singlecell import parse_args as bench_args  # noqa: E402
 
-OUTPUT = RESULTS / "singlecell_de_seeds.jsonl"
-MODELS = RESULTS / "singlecell_de_seeds_models.tmp"
+OUTPUT = harness.RESULTS / "singlecell_de_seeds.jsonl"
+MODELS = harness.RESULTS / "singlecell_de_seeds_models.tmp"
 DATASET = "synthetic_zinb"
 logger = logging.getLogger("singlecell_de_seeds")
 
@@ -78,18 +65,18 @@ def one_seed(package: str, seed: int, ds: Dataset, args: argparse.Namespace) -> 
         "train_seed": seed,
         "epochs": args.epochs,
         "data_hash": ds.data_hash,
-        "started": now(),
-        "loadavg_1m": load_average(),
+        "started": harness.now(),
+        "loadavg_1m": harness.load_average(),
     }
     path = MODELS / f"{DATASET}-{package}-seed{seed}-e{args.epochs}"
-    with silenced():
+    with harness.silenced():
         adata = ds.train_adata()
         if path.exists():
             model = load_model(package, path, adata)
             row["loaded"] = str(path)
         else:
             model = make_model(package, adata, seed, ds.model_kwargs)
-            with timed(row, "train"):
+            with harness.timed(row, "train"):
                 _train(package, model, args.epochs, seed)
             row["elbo_train_last"] = _history_last(model, "elbo_train")
             save_model(package, model, path)
@@ -99,8 +86,8 @@ def one_seed(package: str, seed: int, ds: Dataset, args: argparse.Namespace) -> 
                 row.setdefault("de_cells", {})[str(n_cells)] = phase_de(
                     package, model, _draws_only(ds, n_cells, args), 0
                 )
-    row["finished"] = now()
-    row.update(run_environment(singlecell.VERSIONS))
+    row["finished"] = harness.now()
+    row.update(harness.run_environment(singlecell.VERSIONS))
     return row
 
 
@@ -136,7 +123,9 @@ def _des(row: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 def report() -> None:
     """Per-seed and mean ± sd AUPRC (latest row per package × seed × epochs), per group size."""
-    rows = latest_by(load_rows(OUTPUT), lambda r: (r["package"], r["epochs"], r["train_seed"]))
+    rows = harness.latest_by(
+        harness.load_rows(OUTPUT), lambda r: (r["package"], r["epochs"], r["train_seed"])
+    )
     lines = [
         "| package | epochs | train seed | cells per group | AUPRC (mean over draws) | min–max "
         "| all cells | precision / recall FDR 5 % |",
@@ -171,7 +160,7 @@ def report() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_logging()
+    harness.configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packages", nargs="+", default=["sbi_vi", "scvi"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for package in args.packages:
             row = one_seed(package, seed, ds, args)
-            write_row(OUTPUT, row)
+            harness.write_row(OUTPUT, row)
             draws, every = _auprcs(row["de"])
             logger.info(
                 "%s seed %d: AUPRC 25v25 %s, all %s",
