@@ -34,7 +34,6 @@ import contextlib  # noqa: E402
 import copy  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -481,8 +480,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     output = harness.output_path(args, DEFAULT_OUTPUT, QUICK_OUTPUT)
     env = harness.environment(VERSIONS)
-    logger.info("environment: %s", json.dumps(env))
-    logger.info("writing rows to %s (C2ST: %s)", output, harness.c2st_output_for(output))
+    harness.log_start(env, output)
     runner = harness.C2STRunner(args.c2st, output, SAMPLES_DIR)
     cache: dict[str, Any] = {}
     try:

@@ -6,7 +6,8 @@ written by another:
 
 - set-up: :func:`use_one_thread`, :func:`table_markers`, ``RESULTS``, ``README``;
 - provenance: :func:`environment` / :func:`run_environment` (machine, versions, git commit,
-  a hash of the ``sbi_vi`` sources as imported), :func:`now`, :func:`load_average`;
+  a hash of the ``sbi_vi`` sources as imported), :func:`now`, :func:`load_average`,
+  :func:`log_start`;
 - rows: :func:`write_row`, :func:`load_rows`, :func:`latest_by`, :func:`merge_c2st`,
   :func:`replace_block` (a generated table between two markers of a README);
 - timing: :class:`Timer`, :func:`timed`, :func:`time_limit` / :class:`TimeLimitExceeded`;
@@ -158,6 +159,12 @@ def environment(versions: Mapping[str, str]) -> dict[str, Any]:
         "sbi_vi_dirty": bool(git("status", "--porcelain", "sbi_vi")),
         "sbi_vi_src_hash": source_hash(),
     }
+
+
+def log_start(env: dict[str, Any], output: Path) -> None:
+    """Log the environment of a run and where its rows (and C2ST rows) go."""
+    logger.info("environment: %s", json.dumps(env))
+    logger.info("writing rows to %s (C2ST: %s)", output, c2st_output_for(output))
 
 
 def run_environment(versions: Mapping[str, str], device: str = "cpu") -> dict[str, Any]:
