@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import git, load_average, write_row  # benchmarks/ is on sys.path
 
 RESULTS = Path(__file__).parent / "results" / "sir.jsonl"
 TASKS = ("gaussian_linear", "two_moons", "slcp")
@@ -38,16 +37,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
     # mass-covering and stopped early: off, but with a k-hat SIR accepts
     "nsf_fkl_short": {"q": "nsf", "vi_method": "fKL", "max_num_iters": 300},
 }
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_row(task_name: str, family: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,21 +104,20 @@ def main() -> None:
     output.parent.mkdir(exist_ok=True)
     for task_name in tasks:
         for family in families:
-            load = os.getloadavg()[0]
+            load = load_average()
             row = run_row(task_name, family, args)
             row.update(
                 observation=args.observation,
                 draws=args.draws,
                 seed=args.seed,
                 load_1min=load,
-                commit=_commit(),
+                commit=git("rev-parse", "--short", "HEAD") or "unknown",
                 torch=torch.__version__,
                 machine=platform.machine(),
                 quick=args.quick,
             )
             print(json.dumps(row), flush=True)
-            with output.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            write_row(output, row)
 
 
 if __name__ == "__main__":
