@@ -235,3 +235,26 @@ def test_other_flows_and_directions_keep_zukos_path():
     assert not isinstance(FlowFamily("nsf", 3).base(), _AffineMAFSample)
     conditional = FlowFamily("maf", 3, context_size=2)
     assert not isinstance(conditional.base(torch.zeros(5, 2)), _AffineMAFSample)
+
+
+def test_maf_fast_path_log_prob_follows_its_validation_switch():
+    # Far out, a flow's arithmetic overflows; with validation switched off on q (as
+    # VIPosterior.log_prob does for checked θ), the base must not raise a support error.
+    torch.manual_seed(0)
+    family = FlowFamily("maf", 2, num_transforms=2, hidden_features=8)
+    with torch.no_grad():
+        for p in family.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    theta = torch.tensor([[1e30, 0.0], [3e38, -3e38], [float("nan"), 1e4], [0.1, 0.2]])
+    q = family.base()
+    q._validate_args = False
+    default = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        with torch.no_grad():
+            out = q.log_prob(theta)  # NaN (as an overflow gives) is NaN, not a support error
+            expected = family.flow(None).log_prob(theta[3:])
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
+    assert out.shape == (4,) and torch.isfinite(out[3])
+    torch.testing.assert_close(out[3:], expected)

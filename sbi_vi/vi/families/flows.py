@@ -185,7 +185,7 @@ class _AffineMAFSample(Distribution):
         args, kwargs = list(flow.base.args), flow.base.kwargs
         self._loc = args[0] if args else kwargs["loc"]
         self._scale = args[1] if len(args) > 1 else kwargs["scale"]
-        super().__init__(Size(), self._loc.shape, validate_args=False)
+        super().__init__(Size(), self._loc.shape)  # validates as zuko's base would
 
     def rsample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
         shape = Size(sample_shape) + self._loc.shape
@@ -211,4 +211,15 @@ class _AffineMAFSample(Distribution):
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return self._flow().log_prob(value)
+        flow = self._flow()
+        if not self._validate_args:  # switched off on this object: off on zuko's too
+            _without_validation(flow)
+        return flow.log_prob(value)
+
+
+def _without_validation(dist: Any, depth: int = 0) -> None:
+    """Switch argument validation off on ``dist`` and the distributions it holds."""
+    if isinstance(dist, Distribution) and depth < 8:
+        dist._validate_args = False
+        for value in vars(dist).values():
+            _without_validation(value, depth + 1)
