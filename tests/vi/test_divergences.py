@@ -38,6 +38,7 @@ ALL = [
     ReverseKL(stick_the_landing=True),
     ForwardKL(),
     ForwardKL(weight_transform=lambda w: w.sqrt()),
+    ForwardKL(refresh_every=4),
     ImportanceWeighted(K=4),
     ImportanceWeighted(K=4, dreg=True),
     RenyiAlpha(alpha=0.5),
@@ -193,3 +194,27 @@ def test_user_distribution_refuses_stick_the_landing():
     ReverseKL()(family, log_p, 8)
     with pytest.raises(ValueError, match="detached"):
         ReverseKL(stick_the_landing=True)(family, log_p, 8)
+
+
+def test_forward_kl_reuses_draws_for_refresh_every_calls():
+    family = Gaussian(2)
+    draws = []
+    original = type(family).forward
+
+    class Counting(Gaussian):
+        def forward(self, context=None):
+            q = original(self, context)
+            sample = q.sample
+            q.sample = lambda shape=(): draws.append(1) or sample(shape)
+            return q
+
+    family.__class__ = Counting
+    divergence = ForwardKL(refresh_every=3)
+    for _ in range(7):
+        divergence(family, log_p, 16)
+    assert len(draws) == 3  # calls 1, 4 and 7 draw
+    divergence(family, log_p, 32)  # another particle count draws afresh
+    divergence(Gaussian(2), log_p, 32)  # and so does another family
+    assert len(draws) == 3 + 1  # (the new family's draw is not counted)
+    with pytest.raises(ValueError, match="refresh_every"):
+        ForwardKL(refresh_every=0)

@@ -46,7 +46,7 @@ DIVERGENCES: dict[str, type[Divergence]] = {
 
 DIVERGENCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "rKL": ("stick_the_landing",),
-    "fKL": ("weight_transform",),
+    "fKL": ("weight_transform", "refresh_every"),
     "IW": ("K", "dreg", "stick_the_landing"),
     "alpha": ("alpha", "stick_the_landing", "dreg"),
 }

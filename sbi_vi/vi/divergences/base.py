@@ -110,7 +110,7 @@ class Divergence(abc.ABC):
         )
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k[0] != "_")
         return f"{type(self).__name__}({settings})"
 
 
