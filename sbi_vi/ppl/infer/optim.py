@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from sbi_vi.vi.optim import fuses
+
 __all__ = ["LeanAdam"]
 
 
@@ -50,7 +52,10 @@ class LeanAdam(torch.optim.Adam):
         eps: float = 1e-8,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("fused", True)
+        if "fused" not in kwargs and "foreach" not in kwargs:  # the one fused policy
+            params = list(params)
+            tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+            kwargs["fused"] = fuses(LeanAdam, tensors)
         super().__init__(params, lr=lr, betas=betas, eps=eps, **kwargs)
 
     def _lean(self, group: dict[str, Any]) -> bool:
