@@ -43,17 +43,16 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import harness  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.distributions import Bernoulli, HalfNormal, Independent, Normal  # noqa: E402
@@ -412,43 +411,17 @@ def time_sample_posterior(data: dict, steps: int, repeats: int) -> dict:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _meta() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    try:
-        import pyro
-
-        pyro_version = pyro.__version__
-    except ImportError:
-        pyro_version = None
     return {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "time": harness.now(),
         "torch": torch.__version__,
-        "pyro": pyro_version,
+        "pyro": harness.package_version("pyro-ppl"),
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": harness.cpu_model(),
         "threads": torch.get_num_threads(),
-        "loadavg": os.getloadavg()[0],
-        "commit": commit,
+        "loadavg": harness.load_average(),
+        "commit": harness.git("rev-parse", "HEAD") or "",
     }
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def report(rows: list[dict]) -> str:
@@ -461,9 +434,9 @@ def report(rows: list[dict]) -> str:
             continue
         t = row["times"]
         for impl, tt in t.items():
-            wall, cpu = _median(tt["wall"]), _median(tt["cpu"])
+            wall, cpu = harness.median(tt["wall"]), harness.median(tt["cpu"])
             rel = {
-                other: cpu / _median(t[other]["cpu"]) if other in t else float("nan")
+                other: cpu / harness.median(t[other]["cpu"]) if other in t else float("nan")
                 for other in ("pyro", "hand")
             }
             acc = row["accuracy"].get(impl, {})
