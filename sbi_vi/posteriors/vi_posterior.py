@@ -59,10 +59,18 @@ _TRAIN_KWARGS = (
     "stick_the_landing",
     "dreg",
     "weight_transform",
+    "refresh_every",
     "seed",
 )
 _AMORTIZED_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform", "seed")
-_DIVERGENCE_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform")
+_DIVERGENCE_KWARGS = (
+    "alpha",
+    "K",
+    "stick_the_landing",
+    "dreg",
+    "weight_transform",
+    "refresh_every",
+)
 _FIT_OPTIONS = ("eps", "retain_graph", "optimizer", "scheduler")
 
 
@@ -296,9 +304,9 @@ class VIPosterior(FittedPosterior):
             **kwargs: ``eps`` (default 1e-3: training stops once the median loss of two
                 blocks of 50 iterations in a row improves by less than this), ``retain_graph``,
                 ``optimizer`` (class), ``scheduler`` (class or ``(class, kwargs)``),
-                ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``
-                (divergence settings), ``seed`` (seeds the training; the caller's random
-                state is restored afterwards).
+                ``alpha``, ``K``, ``stick_the_landing``, ``dreg``, ``weight_transform``,
+                ``refresh_every`` (divergence settings), ``seed`` (seeds the training; the
+                caller's random state is restored afterwards).
 
         Returns:
             ``self``, for chaining.
