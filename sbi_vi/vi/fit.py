@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_vi._checks import check_positive_float, check_positive_int
+from sbi_vi.vi.optim import build_optimizer
 from sbi_vi.vi.steps import deferred_step, gradient_step, steps_on_device
 
 __all__ = [
@@ -290,7 +291,8 @@ def make_optimizer(
     scheduler_kwargs: dict[str, Any] | None = None,
     gamma: float | None = None,
 ) -> tuple[torch.optim.Optimizer, Any]:
-    """Build an optimizer (Adam by default) and its learning-rate scheduler.
+    """Build an optimizer (Adam by default, through
+    :func:`~sbi_vi.vi.optim.build_optimizer`) and its learning-rate scheduler.
 
     Args:
         parameters: Trainable tensors.
@@ -306,21 +308,8 @@ def make_optimizer(
         ``(optimizer, scheduler_or_None)``.
     """
     learning_rate = check_positive_float("learning_rate", learning_rate)
-    params = [p for p in parameters if p.requires_grad]
-    if not params:
-        raise ValueError("There are no trainable parameters to optimise.")
     opt_cls = torch.optim.Adam if optimizer is None else optimizer
-    if not (isinstance(opt_cls, type) and issubclass(opt_cls, torch.optim.Optimizer)):
-        raise TypeError(
-            f"`optimizer` must be a torch.optim.Optimizer class (e.g. torch.optim.Adam), got "
-            f"{opt_cls!r}."
-        )
-    kwargs = dict(optimizer_kwargs or {})
-    if opt_cls is torch.optim.Adam and "fused" not in kwargs and "foreach" not in kwargs:
-        # one fused kernel for all parameters (same update as the per-tensor loop)
-        if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-            kwargs["fused"] = True
-    opt = opt_cls(params, lr=learning_rate, **kwargs)
+    opt = build_optimizer(parameters, opt_cls, lr=learning_rate, **(optimizer_kwargs or {}))
     if scheduler is not None:
         return opt, scheduler(opt, **(scheduler_kwargs or {}))
     if gamma is not None:
