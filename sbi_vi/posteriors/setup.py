@@ -7,13 +7,13 @@ parts together: which prior, which potential, which transform, which family.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.distributions.transforms import Transform
 
 from sbi_vi._checks import check_choice
+from sbi_vi.estimators.zscore import ZScore
 from sbi_vi.potentials import (
     BasePotential,
     CallablePotential,
@@ -25,8 +25,6 @@ from sbi_vi.priors import theta_transform as default_theta_transform
 from sbi_vi.vi.families import Family, build_family
 
 __all__ = ["resolve_potential", "resolve_prior", "standardisation"]
-
-ZScore = Literal["none", "independent", "structured"]
 
 
 def resolve_potential(potential_fn: object, prior: object | None) -> BasePotential:
