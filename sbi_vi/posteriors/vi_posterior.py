@@ -43,12 +43,12 @@ from sbi_vi.posteriors.setup import (
 )
 from sbi_vi.posteriors.single import SingleFit
 from sbi_vi.vi.divergences import DIVERGENCES, build_divergence
-from sbi_vi.vi.families import FAMILY_NAMES, Family
+from sbi_vi.vi.families import FAMILY_NAMES, Family, FamilyName
 from sbi_vi.vi.fit import FitResult
 
 __all__ = ["VIPosterior"]
 
-QType = Literal["maf", "nsf", "naf", "unaf", "nice", "sospf", "gf", "gaussian", "gaussian_diag"]
+QType = FamilyName  # sbi's name of the family option
 _TRAIN_KWARGS = (
     "eps",
     "retain_graph",

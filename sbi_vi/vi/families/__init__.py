@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ __all__ = [
     "DiagonalGaussian",
     "DistributionFamily",
     "Family",
+    "FamilyName",
     "FlowFamily",
     "Gaussian",
     "GaussianDistribution",
@@ -51,8 +53,16 @@ FAMILIES: dict[str, Callable[..., Family]] = {
 }
 """Family constructors by name: ``ctor(event_size, link, shift, scale, *, context_size, ...)``."""
 
-FAMILY_NAMES = tuple(FAMILIES)
+FamilyName = Literal[
+    "maf", "nsf", "naf", "unaf", "nice", "sospf", "gf", "gaussian", "gaussian_diag"
+]
+"""The names accepted as ``q``, for type hints (the keys of :data:`FAMILIES`)."""
+
+FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
 """The names accepted as ``q``."""
+
+if set(FAMILY_NAMES) != set(FAMILIES):  # pragma: no cover - a registry edit forgot the other
+    raise ImportError(f"FamilyName {FAMILY_NAMES} and FAMILIES {tuple(FAMILIES)} disagree.")
 
 
 def build_family(
