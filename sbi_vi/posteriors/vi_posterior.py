@@ -49,19 +49,6 @@ from sbi_vi.vi.fit import FitResult
 __all__ = ["VIPosterior"]
 
 QType = FamilyName  # sbi's name of the family option
-_TRAIN_KWARGS = (
-    "eps",
-    "retain_graph",
-    "optimizer",
-    "scheduler",
-    "alpha",
-    "K",
-    "stick_the_landing",
-    "dreg",
-    "weight_transform",
-    "refresh_every",
-    "seed",
-)
 _AMORTIZED_KWARGS = ("alpha", "K", "stick_the_landing", "dreg", "weight_transform", "seed")
 _DIVERGENCE_KWARGS = (
     "alpha",
@@ -72,6 +59,7 @@ _DIVERGENCE_KWARGS = (
     "refresh_every",
 )
 _FIT_OPTIONS = ("eps", "retain_graph", "optimizer", "scheduler")
+_TRAIN_KWARGS = (*_FIT_OPTIONS, *_DIVERGENCE_KWARGS, "seed")
 
 
 class VIPosterior(FittedPosterior):

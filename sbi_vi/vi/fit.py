@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -366,8 +367,19 @@ def fit(
         clip_value = check_positive_float("clip_value", clip_value)
     stopping = NoStopping() if stopping is None else stopping
     stopping.reset()
-    on_device = clip_gradients is None and steps_on_device(optimizer)
-    log: _HostLosses | _DeviceLosses = (_DeviceLosses if on_device else _HostLosses)(stopping)
+    step: Callable[[Tensor, torch.optim.Optimizer], bool | Tensor]
+    log: _HostLosses | _DeviceLosses
+    if clip_gradients is None and steps_on_device(optimizer):
+        step = partial(deferred_step, clip_value=clip_value, retain_graph=retain_graph)
+        log = _DeviceLosses(stopping)
+    else:
+        step = partial(
+            gradient_step,
+            clip_value=clip_value,
+            retain_graph=retain_graph,
+            clip_gradients=clip_gradients,
+        )
+        log = _HostLosses(stopping)
     converged, it = False, 0
     start = time.perf_counter()
     if show_progress_bar:
@@ -377,18 +389,7 @@ def fit(
         bar, iterations = None, range(max_num_iters)
     for it in iterations:
         surrogate, reported = loss_fn()
-        if on_device:
-            taken: bool | Tensor = deferred_step(
-                surrogate, optimizer, clip_value=clip_value, retain_graph=retain_graph
-            )
-        else:
-            taken = gradient_step(
-                surrogate,
-                optimizer,
-                clip_value=clip_value,
-                retain_graph=retain_graph,
-                clip_gradients=clip_gradients,
-            )
+        taken = step(surrogate, optimizer)
         if scheduler is not None:
             scheduler.step()
         converged = log.add(it, taken, reported)
