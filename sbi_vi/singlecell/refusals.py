@@ -15,124 +15,84 @@ from typing import Any
 __all__ = ["ScviToolsRefusals"]
 
 
+def _not_offered(cls: type, name: str, what: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{cls.__name__}.{name} ({what}) is a scvi-tools method that sbi_vi.singlecell does not "
+        "offer; see the guide's 'Coming from scvi-tools' section for what maps and what not."
+    )
+
+
+def _refusal(name: str, what: str, instead: str) -> classmethod:
+    """A model method ``name`` that raises :class:`NotImplementedError` naming ``what`` is
+    not offered (callable on the class and on an instance, as scvi-tools' are)."""
+
+    def refuse(cls: type, *args: Any, **kwargs: Any) -> Any:
+        raise _not_offered(cls, name, what)
+
+    refuse.__name__ = refuse.__qualname__ = name
+    refuse.__doc__ = (
+        f"Not offered: {what}. {instead}\n\nRaises:\n    NotImplementedError: Always.\n"
+    )
+    return classmethod(refuse)
+
+
 class ScviToolsRefusals:
     """scvi-tools model methods that refuse with a clear error (a mixin of the models)."""
 
-    @classmethod
-    def load_query_data(cls, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: scArches reference mapping.
-
-        Raises:
-            NotImplementedError: Always; train one model on reference and query cells
-                together (``setup_anndata`` on their concatenation) instead.
-        """
-        raise _not_offered(cls, "load_query_data", "scArches reference mapping")
-
-    @classmethod
-    def prepare_query_anndata(cls, *args: Any, **kwargs: Any) -> Any:
-        """Not offered (see :meth:`load_query_data`).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "prepare_query_anndata", "scArches query set-up")
-
-    def minify_adata(self, *args: Any, **kwargs: Any) -> None:
-        """Not offered: minified AnnData (latent posterior parameters instead of counts).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(type(self), "minify_adata", "minified AnnData")
-
-    @classmethod
-    def convert_legacy_save(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: sbi_vi reads only its own saves (:meth:`save`).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "convert_legacy_save", "scvi-tools' legacy save files")
-
-    @classmethod
-    def setup_mudata(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: MuData; set up the RNA modality's AnnData with ``setup_anndata``.
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "setup_mudata", "MuData")
-
-    def differential_abundance(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: differential abundance over the aggregated posterior.
-
-        Raises:
-            NotImplementedError: Always; :meth:`get_aggregated_posterior` gives the
-                per-sample mixtures it compares.
-        """
-        raise _not_offered(type(self), "differential_abundance", "differential abundance")
-
-    @classmethod
-    def register_manager(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: scvi-tools' ``AnnDataManager`` store (``setup_anndata`` sets up).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "register_manager", "the AnnDataManager store")
-
-    def deregister_manager(self, *args: Any, **kwargs: Any) -> None:
-        """Not offered (see :meth:`register_manager`).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(type(self), "deregister_manager", "the AnnDataManager store")
-
-    def update_setup_method_args(self, *args: Any, **kwargs: Any) -> None:
-        """Not offered: the set-up is fixed once the model is built.
-
-        Raises:
-            NotImplementedError: Always; call ``setup_anndata`` again and build a new model.
-        """
-        raise _not_offered(type(self), "update_setup_method_args", "editing the set-up")
-
-    @classmethod
-    def load_registry(cls, *args: Any, **kwargs: Any) -> dict:
-        """Not offered: ``view_setup_args(dir_path)`` prints a saved model's set-up.
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "load_registry", "scvi-tools' saved registry")
-
-    @classmethod
-    def setup_annbatch(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered: annbatch collections; a backed h5ad (``read_h5ad(backed="r")``)
-        streams an atlas larger than memory.
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "setup_annbatch", "annbatch collections")
-
-    @classmethod
-    def prepare_query_mudata(cls, *args: Any, **kwargs: Any) -> None:
-        """Not offered (MuData, scArches query set-up).
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(cls, "prepare_query_mudata", "MuData scArches query set-up")
-
-    def get_importance_weights(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered with scvi-tools' signature (it takes its own distribution objects):
-        ``differential_expression(weights="importance")`` weights cells by PSIS.
-
-        Raises:
-            NotImplementedError: Always.
-        """
-        raise _not_offered(type(self), "get_importance_weights", "scvi-tools' DE weights")
+    load_query_data = _refusal(
+        "load_query_data",
+        "scArches reference mapping",
+        "Train one model on reference and query cells together (``setup_anndata`` on their "
+        "concatenation) instead.",
+    )
+    prepare_query_anndata = _refusal(
+        "prepare_query_anndata", "scArches query set-up", "See ``load_query_data``."
+    )
+    prepare_query_mudata = _refusal(
+        "prepare_query_mudata", "MuData scArches query set-up", "See ``load_query_data``."
+    )
+    minify_adata = _refusal(
+        "minify_adata", "minified AnnData", "The model keeps reading the counts."
+    )
+    convert_legacy_save = _refusal(
+        "convert_legacy_save",
+        "scvi-tools' legacy save files",
+        "sbi_vi reads only its own saves (``save``).",
+    )
+    setup_mudata = _refusal(
+        "setup_mudata", "MuData", "Set up the RNA modality's AnnData with ``setup_anndata``."
+    )
+    differential_abundance = _refusal(
+        "differential_abundance",
+        "differential abundance",
+        "``get_aggregated_posterior`` gives the per-sample mixtures it compares.",
+    )
+    register_manager = _refusal(
+        "register_manager", "the AnnDataManager store", "``setup_anndata`` sets up."
+    )
+    deregister_manager = _refusal(
+        "deregister_manager", "the AnnDataManager store", "``setup_anndata`` sets up."
+    )
+    update_setup_method_args = _refusal(
+        "update_setup_method_args",
+        "editing the set-up",
+        "Call ``setup_anndata`` again and build a new model.",
+    )
+    load_registry = _refusal(
+        "load_registry",
+        "scvi-tools' saved registry",
+        "``view_setup_args(dir_path)`` prints a saved model's set-up.",
+    )
+    setup_annbatch = _refusal(
+        "setup_annbatch",
+        "annbatch collections",
+        'A backed h5ad (``read_h5ad(backed="r")``) streams an atlas larger than memory.',
+    )
+    get_importance_weights = _refusal(
+        "get_importance_weights",
+        "scvi-tools' DE weights",
+        '``differential_expression(weights="importance")`` weights cells by PSIS.',
+    )
 
     @property
     def trainer(self) -> Any:
@@ -145,10 +105,3 @@ class ScviToolsRefusals:
             f"{type(self).__name__} has no Lightning `trainer`: sbi_vi.singlecell trains "
             "without Lightning; the metrics are in `model.history`."
         )
-
-
-def _not_offered(cls: type, name: str, what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{cls.__name__}.{name} ({what}) is a scvi-tools method that sbi_vi.singlecell does not "
-        "offer; see the guide's 'Coming from scvi-tools' section for what maps and what not."
-    )
